@@ -1,0 +1,289 @@
+"""Typed run configs: dataclasses, YAML recipes, dotted command-line overrides.
+
+A config is plain data. It is built from a shipped recipe (``gpt-tiny``) or a YAML file,
+then ``section.field=value`` overrides are applied, and every key and type is checked so a
+typo fails with one line that names the field and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from headstart.errors import HeadstartError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """The transformer's shape. ``size`` names a preset; explicit fields override it."""
+
+    size: str = ""
+    causal: bool = True
+    vocab_size: int = 0  # 0: take it from the tokenizer
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    context: int = 256
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp_hidden: int = 0  # 0: 4·n_embd for GELU, the same parameter count for SwiGLU
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the run optimises: causal LM (``clm``) or masked LM (``mlm``)."""
+
+    name: Literal["clm", "mlm"] = "clm"
+    mask_prob: float = 0.15
+    whole_word: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; weight decay applies to weight matrices only."""
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warmup, then cosine or warmup-stable-decay (``wsd``)."""
+
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2  # wsd: the final fraction of steps that decays to min_lr
+
+
+@dataclass
+class DataConfig:
+    """Prepared token shards (``headstart prepare``) the run reads."""
+
+    shards: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings: budget, batch, precision, evaluation and checkpoint cadence."""
+
+    steps: int = 1000
+    max_minutes: float = 0.0  # > 0: stop at this wall time (and checkpoint), whatever `steps` says
+    batch_size: int = 16
+    grad_accum: int = 1
+    seq_len: int = 256
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    seed: int = 1337
+    eval_every: int = 200
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class RunConfig:
+    """Where the run directory goes."""
+
+    out_dir: str = "runs"
+    name: str = ""
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one pretraining run needs; saved resolved in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class TokenizerConfig:
+    """Train a tokenizer (``kind``, ``vocab_size``) or reuse one (``path`` to a tokenizer.json)."""
+
+    path: str = ""
+    kind: Literal["bpe", "wordpiece", "unigram", "char"] = "bpe"
+    vocab_size: int = 8192
+    lowercase: bool = False  # WordPiece only
+
+
+@dataclass
+class PrepareConfig:
+    """Raw data in, token shards out (``headstart prepare``)."""
+
+    inputs: list[str] = field(default_factory=list)  # files, globs, directories, or hf:NAME
+    val_inputs: list[str] = field(default_factory=list)  # optional: a separate validation source
+    out: str = ""
+    text_mode: Literal["line", "block", "file"] = "line"  # a document per line / blank-line block / file
+    jsonl_field: str = "text"
+    parquet_column: str = "text"
+    hf_split: str = "train"
+    val_fraction: float = 0.05
+    val_mode: Literal["documents", "tail"] = "documents"  # hashed documents, or the last tokens
+    invalid_utf8: Literal["skip", "fail"] = "skip"
+    workers: int = 0  # 0: one per CPU core
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped in ``headstart/recipes``."""
+    folder = resources.files("headstart") / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_yaml(path_or_recipe: str) -> dict[str, Any]:
+    """Read a YAML file, or a shipped recipe by name."""
+    path = Path(path_or_recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise HeadstartError(f"config {path_or_recipe}: no such file")
+        text = path.read_text(encoding="utf-8")
+    else:
+        names = recipe_names()
+        if path_or_recipe not in names:
+            raise HeadstartError(
+                f"recipe {path_or_recipe!r}: unknown; expected a YAML file or one of {', '.join(names)}"
+                + _suggest(path_or_recipe, names)
+            )
+        text = (resources.files("headstart") / "recipes" / f"{path_or_recipe}.yaml").read_text("utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise HeadstartError(f"config {path_or_recipe}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise HeadstartError(f"config {path_or_recipe}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["model.n_layer=6", "train.compile=true"]`` into a nested dict (values parsed as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise HeadstartError(f"override {item!r}: expected section.field=value")
+        value = yaml.safe_load(raw) if raw else ""
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise HeadstartError(f"override {item!r}: {part} is both a value and a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise HeadstartError(f"config {where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise HeadstartError(f"config key {path!r}: unknown" + _suggest(str(key), names, prefix=where))
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain nested dicts (for YAML)."""
+    return dataclasses.asdict(config)
+
+
+def load_config(cls: type[T], source: str | None, overrides: list[str] | dict[str, Any] | None = None) -> T:
+    """Recipe or YAML file, then overrides, into a checked ``cls``."""
+    data = load_yaml(source) if source else {}
+    if overrides:
+        data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return build(cls, data)
+
+
+def save_yaml(config: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def _suggest(word: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    if not close:
+        return ""
+    return f"; did you mean {prefix + '.' if prefix else ''}{close[0]!r}?"
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value if value is not None else {}, path)  # type: ignore[arg-type]
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise HeadstartError(
+                f"config {path}={value!r}: expected one of {', '.join(map(str, allowed))}"
+                + _suggest(str(value), [str(a) for a in allowed])
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(hint):
+            if arg is type(None) and value is None:
+                return None
+        non_none = [a for a in get_args(hint) if a is not type(None)]
+        return _coerce(non_none[0], value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        (item,) = get_args(hint) or (Any,)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise HeadstartError(f"config {path}={value!r}: expected true or false")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise HeadstartError(f"config {path}={value!r}: expected {getattr(hint, '__name__', hint)}")

@@ -90,7 +90,8 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     seq_len: int = 256
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where it measures faster
+    device: str = "auto"  # auto: cuda when available, else cpu
     compile: bool = False
     seed: int = 1337
     eval_every: int = 200
@@ -282,6 +283,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         raise HeadstartError(f"config {path}={value!r}: expected true or false")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):

@@ -1,0 +1,107 @@
+"""The Python API; the CLI is a thin shell over these functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from headstart.config import PrepareConfig, PretrainConfig, load_config
+from headstart.data.prepare import PrepareReport
+from headstart.data.prepare import prepare as _prepare
+from headstart.data.tokenizers import load_tokenizer, tokenizer_info
+from headstart.errors import HeadstartError
+from headstart.evaluate import evaluate_checkpoint
+from headstart.generate import fill_mask as _fill_mask
+from headstart.generate import sample
+from headstart.train.loop import LoopResult
+from headstart.train.pretrain import load_pretrained
+from headstart.train.pretrain import pretrain as _pretrain
+
+Overrides = list[str] | dict[str, Any] | None
+MASK_MARKER = "<mask>"
+
+
+def prepare(
+    config: str | PrepareConfig | None = None, overrides: Overrides = None, console: Console | None = None
+) -> PrepareReport:
+    """Raw data → token shards. ``config``: a PrepareConfig, a YAML file, or None (overrides only)."""
+    if not isinstance(config, PrepareConfig):
+        config = load_config(PrepareConfig, config, overrides)
+    return _prepare(config, console=console)
+
+
+def pretrain(
+    recipe: str | PretrainConfig,
+    overrides: Overrides = None,
+    resume: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+) -> LoopResult:
+    """Pretrain from a recipe name / YAML file / PretrainConfig, with ``section.field=value`` overrides."""
+    config = recipe if isinstance(recipe, PretrainConfig) else load_config(PretrainConfig, recipe, overrides)
+    return _pretrain(config, resume=resume, console=console, quiet=quiet)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: list[str] | None = None,
+    split: str = "val",
+    seq_len: int | None = None,
+    max_windows: int = 0,
+    text_mode: str = "line",
+    console: Console | None = None,
+) -> dict[str, float]:
+    """Loss, perplexity and bits per byte of a checkpoint on shards or raw text."""
+    result = evaluate_checkpoint(checkpoint, data, split, seq_len, max_windows, text_mode)
+    if console is not None:
+        console.print(
+            "  ".join(f"{k} {v:,.4f}" if k not in ("windows", "tokens") else f"{k} {v:,.0f}" for k, v in result.items()),
+            highlight=False,
+        )
+    return result
+
+
+def generate(
+    checkpoint: str | Path,
+    prompt: str = "",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    seed: int = 0,
+) -> str:
+    """Continue ``prompt`` with a causal checkpoint; returns only the new text."""
+    model, _, folder = load_pretrained(checkpoint)
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    info = tokenizer_info(tokenizer)
+    ids = [info.eod_id, *tokenizer.encode(prompt, add_special_tokens=False).ids]
+    if len(ids) > model.config.context:
+        raise HeadstartError(f"--prompt: {len(ids)} tokens, longer than the model's context of {model.config.context}")
+    new = sample(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_token=info.eod_id)
+    return tokenizer.decode([t for t in new if t != info.eod_id], skip_special_tokens=False)
+
+
+def fill_mask(checkpoint: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """Top predictions (token text, probability) for each ``<mask>`` in ``text``."""
+    model, _, folder = load_pretrained(checkpoint)
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    info = tokenizer_info(tokenizer)
+    ids: list[int] = []
+    for i, part in enumerate(text.split(MASK_MARKER)):  # literal text never encodes to specials
+        ids += ([info.mask_id] if i else []) + tokenizer.encode(part, add_special_tokens=False).ids
+    if len(ids) > model.config.context:
+        raise HeadstartError(f"--text: {len(ids)} tokens, longer than the model's context of {model.config.context}")
+    predictions = _fill_mask(model, ids, info.mask_id, top_k)
+    return [[(tokenizer.decode([t]), p) for t, p in row] for row in predictions]
+
+
+def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, console: Console | None = None) -> Path:
+    """The whole path offline on the standard library; returns the report's path."""
+    from headstart.quickstart import run_quickstart
+
+    return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True))
+
+
+__all__ = ["evaluate", "fill_mask", "generate", "prepare", "pretrain", "quickstart"]

@@ -1,0 +1,179 @@
+"""The ``headstart`` command: each verb parses its arguments and calls one function of ``headstart.api``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from headstart.errors import HeadstartError
+
+EXAMPLES = """\
+examples:
+  headstart quickstart                                   # the whole path offline, a few minutes
+  headstart prepare corpus.txt --out data/corpus --tokenizer bpe --vocab-size 8192
+  headstart pretrain gpt-tiny data.shards=data/corpus train.steps=2000
+  headstart pretrain bert-tiny data.shards=data/corpus --resume
+  headstart evaluate runs/clm-corpus --data data/corpus
+  headstart generate runs/clm-corpus --prompt "def main(" --max-new-tokens 80
+  headstart fill-mask runs/mlm-corpus --text "the <mask> sat on the mat"
+"""
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. model.n_layer=6"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from headstart.config import recipe_names
+
+    parser = argparse.ArgumentParser(
+        prog="headstart",
+        description="Self-supervised pretraining and transfer, with the head start measured.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = verbs.add_parser(
+        "prepare",
+        help="tokenize raw text into memory-mapped token shards",
+        description="Read text / JSONL / Parquet / gz files, globs, directories or hf:NAME datasets; train or "
+        "reuse a tokenizer; write train.bin, val.bin, meta.json and tokenizer.json to --out.",
+    )
+    p.add_argument("inputs", nargs="*", help="files, globs, directories, or hf:NAME")
+    p.add_argument("--out", help="output shard directory")
+    p.add_argument("--config", help="a YAML file with prepare settings (flags and overrides win)")
+    p.add_argument("--val", dest="val_inputs", nargs="+", help="separate validation inputs")
+    p.add_argument("--tokenizer", choices=["bpe", "wordpiece", "unigram", "char"], help="tokenizer kind to train")
+    p.add_argument("--tokenizer-path", help="reuse this tokenizer.json instead of training one")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size to train (default 8192)")
+    p.add_argument("--text-mode", choices=["line", "block", "file"], help="a document per line, block or file")
+    p.add_argument("--field", dest="jsonl_field", help="JSONL field holding the text (default: text)")
+    p.add_argument("--column", dest="parquet_column", help="Parquet column holding the text (default: text)")
+    p.add_argument("--val-fraction", type=float, help="share held out for validation (default 0.05)")
+    p.add_argument("--val-mode", choices=["documents", "tail"], help="hold out whole documents, or the last tokens")
+    p.add_argument("--invalid-utf8", choices=["skip", "fail"], help="skip (and count) or fail on bad UTF-8")
+    p.add_argument("--workers", type=int, help="tokenizer processes (default: one per core)")
+    _add_overrides(p)
+
+    p = verbs.add_parser(
+        "pretrain",
+        help="pretrain a model (causal LM or masked LM) on prepared shards",
+        description=f"Recipes: {', '.join(recipe_names())}. Any config field can be overridden as "
+        "section.field=value; the resolved config is saved with every checkpoint.",
+    )
+    p.add_argument("recipe", help="a shipped recipe name or a YAML file")
+    p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_overrides(p)
+
+    p = verbs.add_parser(
+        "evaluate",
+        help="validation loss, perplexity and bits per byte of a checkpoint",
+        description="Evaluate on prepared shards (their val split) or on raw text files tokenized on the fly.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory or a run directory (its newest checkpoint)")
+    p.add_argument("--data", nargs="+", help="shard directory or raw inputs (default: the run's own shards)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split of prepared shards")
+    p.add_argument("--seq-len", type=int, help="window length (default: the run's)")
+    p.add_argument("--max-windows", type=int, default=0, help="cap on windows scored (0: all)")
+    p.add_argument("--text-mode", default="line", choices=["line", "block", "file"], help="for raw inputs")
+
+    p = verbs.add_parser("generate", help="sample text from a causal checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=1)
+
+    p = verbs.add_parser("fill-mask", help="predict <mask> tokens with a masked-LM checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--text", required=True, help="text with one or more <mask> tokens")
+    p.add_argument("--top-k", type=int, default=5)
+
+    p = verbs.add_parser(
+        "quickstart",
+        help="pretrain and evaluate on the Python standard library, offline, in a few minutes",
+        description="No downloads: the corpus is this Python installation's own standard library.",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="run directory")
+    p.add_argument("--minutes", type=float, default=3.0, help="pretraining wall-time budget")
+    return parser
+
+
+def _prepare_overrides(args: argparse.Namespace) -> dict:
+    flags = {
+        key: getattr(args, key)
+        for key in (
+            "inputs", "val_inputs", "out", "text_mode", "jsonl_field", "parquet_column",
+            "val_fraction", "val_mode", "invalid_utf8", "workers",
+        )
+        if getattr(args, key) not in (None, [])
+    }
+    tokenizer = {
+        key: value
+        for key, value in (("kind", args.tokenizer), ("path", args.tokenizer_path), ("vocab_size", args.vocab_size))
+        if value is not None
+    }
+    if tokenizer:
+        flags["tokenizer"] = tokenizer
+    return flags
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from headstart import api
+    from headstart.config import merge, parse_overrides
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    if args.verb is None:
+        build_parser().print_help()
+        return 0
+    if args.verb == "prepare":
+        overrides = merge(parse_overrides(args.overrides), _prepare_overrides(args))
+        api.prepare(args.config, overrides, console=console)
+    elif args.verb == "pretrain":
+        result = api.pretrain(args.recipe, args.overrides, resume=args.resume, console=console, quiet=args.quiet)
+        if result.interrupted:
+            console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; rerun with --resume")
+            return 130
+    elif args.verb == "evaluate":
+        api.evaluate(
+            args.checkpoint, args.data, split=args.split, seq_len=args.seq_len, max_windows=args.max_windows,
+            text_mode=args.text_mode, console=console,
+        )
+    elif args.verb == "generate":
+        for i in range(args.samples):
+            text = api.generate(
+                args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, seed=args.seed + i,
+            )
+            print(args.prompt + text)
+            if i + 1 < args.samples:
+                print("---")
+    elif args.verb == "fill-mask":
+        for position, predictions in enumerate(api.fill_mask(args.checkpoint, args.text, top_k=args.top_k)):
+            print(f"<mask> {position + 1}: " + "  ".join(f"{tok!r} {p:.3f}" for tok, p in predictions))
+    elif args.verb == "quickstart":
+        api.quickstart(args.out, minutes=args.minutes, console=console)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except HeadstartError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        code = 1
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,200 @@
+"""The transformer, decoder (causal) or encoder (bidirectional), in one readable file.
+
+Pre-norm blocks: RMSNorm (or LayerNorm) → multi-head self-attention with rotary position
+embeddings through ``F.scaled_dot_product_attention`` → residual; RMSNorm → SwiGLU (or GELU)
+MLP → residual. Token embeddings are tied to the output projection. Weights start at
+N(0, init_std) with the residual output projections scaled by 1/sqrt(2·n_layer) so the
+residual stream's variance does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headstart.config import ModelConfig
+from headstart.errors import HeadstartError
+
+# Named sizes: (n_layer, n_head, n_embd). Parameter counts below exclude the embedding.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "nano": (2, 2, 64),  # 0.1M
+    "micro": (4, 4, 128),  # 0.8M — nanoGPT's CPU Shakespeare shape
+    "tiny": (6, 6, 192),  # 2.7M
+    "mini": (6, 6, 384),  # 10.6M
+    "small": (8, 8, 512),  # 25M
+    "medium": (12, 8, 512),  # 38M
+    "gpt2-small": (12, 12, 768),  # 85M, 124M with GPT-2's 50,257-token embedding
+}
+
+
+def resolve(config: ModelConfig) -> ModelConfig:
+    """Apply a named size (if any) and check that the shape is consistent."""
+    if config.size:
+        if config.size not in SIZES:
+            raise HeadstartError(f"model.size={config.size!r}: expected one of {', '.join(SIZES)}")
+        preset = dict(zip(("n_layer", "n_head", "n_embd"), SIZES[config.size], strict=True))
+        default = ModelConfig()
+        for name, value in preset.items():
+            given = getattr(config, name)
+            if given != getattr(default, name) and given != value:
+                raise HeadstartError(
+                    f"model.{name}={given}: model.size={config.size} sets {name}={value}; "
+                    f"set model.size= (empty) to give the shape field by field"
+                )
+        config = replace(config, size="", **preset)
+    if config.n_embd % config.n_head:
+        raise HeadstartError(f"model.n_embd={config.n_embd}: expected a multiple of n_head={config.n_head}")
+    if (config.n_embd // config.n_head) % 2:
+        raise HeadstartError("model: head size n_embd/n_head must be even for rotary embeddings")
+    if config.vocab_size <= 0:
+        raise HeadstartError("model.vocab_size: expected a positive vocabulary size (set from the tokenizer)")
+    return config
+
+
+def mlp_hidden(config: ModelConfig) -> int:
+    """Hidden width; SwiGLU gets 2/3 of 4·n_embd so both MLP kinds have the same parameter count."""
+    if config.mlp_hidden:
+        return config.mlp_hidden
+    if config.mlp == "gelu":
+        return 4 * config.n_embd
+    return 64 * math.ceil(8 * config.n_embd / 3 / 64)
+
+
+class Norm(nn.Module):
+    def __init__(self, dim: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rmsnorm":
+            return F.rms_norm(x, (x.size(-1),), self.weight, eps=1e-6)
+        return F.layer_norm(x, (x.size(-1),), self.weight, None, eps=1e-5)
+
+
+def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.causal = config.causal
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, width // self.n_head).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None,
+        )
+        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = mlp_hidden(config)
+        self.gated = config.mlp == "swiglu"
+        self.up = nn.Linear(config.n_embd, (2 if self.gated else 1) * hidden, bias=False)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.proj(F.silu(gate) * up)
+        return self.proj(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = Norm(config.n_embd, config.norm)
+        self.attn = Attention(config)
+        self.norm2 = Norm(config.n_embd, config.norm)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """Token ids → hidden states (``forward``) → vocabulary logits (``logits``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config = resolve(config)
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = Norm(config.n_embd, config.norm)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        cos, sin = rotary_tables(config.n_embd // config.n_head, config.context, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, param in self.named_parameters():
+            if param.dim() < 2:
+                nn.init.ones_(param)
+            elif name.endswith("proj.weight"):
+                nn.init.normal_(param, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(param, 0.0, std)
+
+    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is True on real tokens."""
+        length = idx.size(1)
+        if length > self.config.context:
+            raise HeadstartError(
+                f"input of {length} tokens: longer than the model's context of {self.config.context}"
+            )
+        cos, sin = self.rope_cos[:length], self.rope_sin[:length]
+        mask = None
+        if padding_mask is not None:
+            mask = padding_mask[:, None, None, :]
+            if self.config.causal:
+                mask = mask & torch.ones(length, length, dtype=torch.bool, device=idx.device).tril()
+        x = self.drop(self.embed(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def num_params(self, embedding: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total if embedding else total - self.embed.weight.numel()

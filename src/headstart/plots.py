@@ -1,0 +1,42 @@
+"""PNG plots for reports (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def loss_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
+    """Training loss and validation loss against tokens seen, from a run's metrics.jsonl."""
+    train_x, train_y, val_x, val_y = [], [], [], []
+    tokens_at: dict[int, int] = {}
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("split") == "val":
+            val_x.append(record["step"])
+            val_y.append(record["val_loss"])
+        elif "loss" in record:
+            train_x.append(record["step"])
+            train_y.append(record["loss"])
+            tokens_at[record["step"]] = record["tokens"]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot(train_x, train_y, label="train loss", color="#4c72b0", linewidth=1.2)
+    if val_x:
+        ax.plot(val_x, val_y, "o-", label="validation loss", color="#dd8452", markersize=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png

@@ -1,0 +1,151 @@
+"""Checkpoints as directories, written atomically and verified on load.
+
+A checkpoint holds ``config.yaml`` (the resolved config), ``model.safetensors``,
+``tokenizer.json``, ``state.pt`` (optimizer, step, data cursor, RNG; plain tensors and
+numbers, loaded with ``weights_only=True``), ``metrics.jsonl``, ``compute.json`` (FLOPs
+spent) and ``manifest.json`` (sha256 of every file, so a corrupted or truncated file is
+named instead of silently loaded). It is written to a temporary sibling and renamed into
+place: a crash leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from headstart.errors import HeadstartError
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+REQUIRED = ("config.yaml", "model.safetensors", "manifest.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checkpoint(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    write_extras: Callable[[Path], None] | None = None,
+    keep: int = 0,
+) -> Path:
+    """Write ``root/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` (0: keep all)."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        if write_extras is not None:
+            write_extras(tmp)
+        manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "manifest.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory, a run directory, or its ``checkpoints`` folder; return the newest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise HeadstartError(f"checkpoint {path}: no such file or directory")
+    if (path / "manifest.json").is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    raise HeadstartError(f"checkpoint {path}: expected a checkpoint directory (with manifest.json) or a run directory")
+
+
+def verify(path: Path) -> None:
+    """Check every file against the manifest; name the first one that differs."""
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise HeadstartError(f"checkpoint {path}: missing {name}; the checkpoint is incomplete")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["sha256"]
+    except (ValueError, KeyError):
+        raise HeadstartError(f"checkpoint {path}: manifest.json is corrupted") from None
+    for name, digest in manifest.items():
+        file = path / name
+        if not file.is_file():
+            raise HeadstartError(f"checkpoint {path}: missing {name}")
+        if _sha256(file) != digest:
+            raise HeadstartError(f"checkpoint {file}: corrupted or truncated (sha256 does not match the manifest)")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raise HeadstartError(f"checkpoint {path}: config.yaml is missing or not valid YAML") from None
+    if not isinstance(data, dict):
+        raise HeadstartError(f"checkpoint {path}: config.yaml is not a mapping")
+    return data
+
+
+def load_weights(path: Path, model: nn.Module, strict: bool = True) -> None:
+    file = path / "model.safetensors"
+    try:
+        weights = load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise HeadstartError(f"checkpoint {file}: cannot be read ({exc})") from None
+    expected = model.state_dict()
+    for name, tensor in weights.items():
+        if name in expected and expected[name].shape != tensor.shape:
+            raise HeadstartError(
+                f"checkpoint {file}: {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(expected[name].shape)}"
+            )
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if strict and (missing or unexpected):
+        raise HeadstartError(
+            f"checkpoint {file}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    except Exception as exc:  # any unpickling failure means the file is not a state we wrote
+        raise HeadstartError(f"checkpoint {path / 'state.pt'}: cannot be read ({exc.__class__.__name__})") from None

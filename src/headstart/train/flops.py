@@ -1,0 +1,93 @@
+"""FLOPs per token, the machine's measured peak FLOP/s, and model FLOPs utilisation (MFU).
+
+The peak is measured, never assumed: a square matmul probe in the run's precision, timed by
+median, cached per (device, precision, threads, torch version) so it costs a second once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from headstart.config import ModelConfig
+from headstart.models.transformer import mlp_hidden, resolve
+
+
+def matmul_params(config: ModelConfig) -> int:
+    """Parameters that take part in a matmul per token (blocks, not the embedding lookup)."""
+    config = resolve(config)
+    d, hidden = config.n_embd, mlp_hidden(config)
+    mlp = d * hidden * (3 if config.mlp == "swiglu" else 2)
+    return config.n_layer * (4 * d * d + mlp)
+
+
+def forward_flops_per_token(config: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
+    """Forward FLOPs for one token: 2 per matmul weight, attention scores and mixing, and the
+    output projection (on ``head_fraction`` of the tokens: masked LM only scores masked ones)."""
+    config = resolve(config)
+    attention = 2 * 2 * config.n_layer * seq_len * config.n_embd  # QK^T and AV (PaLM convention)
+    head = 2 * config.n_embd * config.vocab_size * head_fraction
+    return 2 * matmul_params(config) + attention + head
+
+
+def train_flops_per_token(config: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
+    """Forward + backward ≈ 3 × forward."""
+    return 3 * forward_flops_per_token(config, seq_len, head_fraction)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HEADSTART_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "headstart")
+    return Path(root)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def measure_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 12) -> float:
+    """Median FLOP/s of a square matmul in ``dtype``: the ceiling MFU is reported against."""
+    if device.type == "cuda":
+        size = 8192
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    timings = []
+    for i in range(repeats + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:
+            timings.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(timings)
+
+
+def peak_flops(dtype: torch.dtype, device: torch.device) -> float:
+    """The measured peak, cached on disk (one probe per machine, precision and thread count)."""
+    key = json.dumps(
+        [_device_name(device), str(dtype), torch.get_num_threads(), torch.__version__, os.cpu_count()]
+    )
+    path = _cache_dir() / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        return float(json.loads(path.read_text())["flops"])
+    except (OSError, ValueError, KeyError):
+        pass
+    flops = measure_peak_flops(dtype, device)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "flops": flops}))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home only costs a re-probe next time
+    return flops

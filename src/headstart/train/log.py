@@ -1,0 +1,81 @@
+"""Metrics to ``metrics.jsonl`` and a live progress line (step, loss, tokens/s, MFU, ETA)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class MetricsFile:
+    """Append-only JSON lines. On resume, lines past the resumed step are dropped, so the
+    file of an interrupted-and-resumed run reads like that of an uninterrupted one."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            path.write_text("", encoding="utf-8")
+        elif path.exists():
+            kept = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressDisplay:
+    """A rich progress bar on a terminal; plain log lines elsewhere (CI logs, pipes)."""
+
+    def __init__(self, console: Console, total: int, start: int, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold]step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+            self.progress.start()
+
+    def update(self, record: dict[str, Any], total: int) -> None:
+        stats = (
+            f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
+            f"MFU {100 * record['mfu']:.1f}%  ETA {format_duration(record['eta_s'])}"
+        )
+        if self.progress is not None:
+            self.progress.update(self.task, completed=record["step"], stats=stats)
+        elif not self.quiet:
+            self.console.print(f"step {record['step']}/{total}  {stats}", highlight=False)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

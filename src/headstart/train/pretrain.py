@@ -1,0 +1,177 @@
+"""Self-supervised pretraining: prepared shards + transformer + objective, through the one loop."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from headstart.config import PretrainConfig, build, save_yaml, to_dict
+from headstart.data.shards import TokenShards, open_shards
+from tokenizers import Tokenizer
+
+from headstart.data.tokenizers import TokenizerInfo, load_tokenizer, tokenizer_info, word_start
+from headstart.data.windows import WindowSampler, eval_windows
+from headstart.errors import HeadstartError
+from headstart.models.transformer import Transformer, resolve
+from headstart.objectives.base import Objective
+from headstart.objectives.clm import CausalLM
+from headstart.objectives.mlm import MaskedLM
+from headstart.train import checkpoint as ckpt
+from headstart.train.flops import forward_flops_per_token, train_flops_per_token
+from headstart.train.loop import LoopResult, train_loop
+from headstart.train.validate import evaluate_windows
+
+# Settings that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {("train", "steps"), ("train", "max_minutes"), ("train", "eval_every"), ("train", "log_every")}
+
+
+def build_objective(config: PretrainConfig, tokenizer: Tokenizer) -> Objective:
+    if config.objective.name == "clm":
+        return CausalLM()
+    info = tokenizer_info(tokenizer)
+    return MaskedLM(
+        vocab_size=config.model.vocab_size,
+        mask_id=info.mask_id,
+        special_ids=info.special_ids,
+        mask_prob=config.objective.mask_prob,
+        word_start=word_start(tokenizer) if config.objective.whole_word else None,
+    )
+
+
+def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfig:
+    """Fill what the data decides (vocabulary, causal or not) and check what must agree."""
+    model = config.model
+    if model.vocab_size and model.vocab_size != info.vocab_size:
+        raise HeadstartError(
+            f"model.vocab_size={model.vocab_size}: the tokenizer of {config.data.shards} has "
+            f"{info.vocab_size} tokens; they must match (leave vocab_size at 0 to take the tokenizer's)"
+        )
+    model = resolve(replace(model, vocab_size=info.vocab_size, causal=config.objective.name == "clm"))
+    if config.train.seq_len > model.context:
+        raise HeadstartError(
+            f"train.seq_len={config.train.seq_len}: longer than model.context={model.context}"
+        )
+    for name in ("steps", "batch_size", "grad_accum", "seq_len"):
+        if getattr(config.train, name) < 1:
+            raise HeadstartError(f"train.{name}={getattr(config.train, name)}: expected a positive integer")
+    name = config.run.name or f"{config.objective.name}-{Path(config.data.shards).name}"
+    return replace(config, model=model, run=replace(config.run, name=name))
+
+
+def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    for section, values in current.items():
+        for key, value in values.items():
+            if (section, key) in RESUMABLE_CHANGES:
+                continue
+            before = saved.get(section, {}).get(key)
+            if before != value:
+                raise HeadstartError(
+                    f"resume from {where}: {section}.{key} was {before!r}, now {value!r}; "
+                    "a resumed run must keep its config (start a new run.name instead)"
+                )
+
+
+def split_bytes_per_token(meta: dict[str, Any], split: str) -> float | None:
+    """UTF-8 bytes per token of a prepared split (for bits per byte)."""
+    stats = meta["splits"][split]
+    return stats["bytes"] / stats["tokens"] if stats.get("tokens") else None
+
+
+class TrainWindows:
+    """Token windows of the train split as tensors, by sample index."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, seed: int) -> None:
+        self.sampler = WindowSampler(shards.train, seq_len + 1, seed)
+
+    def batch(self, first: int, count: int) -> torch.Tensor:
+        return torch.from_numpy(self.sampler.batch(first, count))
+
+
+def describe(model: Transformer, config: PretrainConfig, console: Console) -> None:
+    m = config.model
+    head_fraction = config.objective.mask_prob if config.objective.name == "mlm" else 1.0
+    console.print(
+        f"model: {'decoder' if m.causal else 'encoder'} {m.n_layer} layers × {m.n_embd} wide, {m.n_head} heads, "
+        f"context {m.context}, vocab {m.vocab_size} — {model.num_params():,} parameters "
+        f"({model.num_params(embedding=False):,} without the embedding); "
+        f"{forward_flops_per_token(m, config.train.seq_len, head_fraction) / 1e6:,.1f} MFLOP/token forward, "
+        f"{train_flops_per_token(m, config.train.seq_len, head_fraction) / 1e6:,.1f} training",
+        highlight=False,
+    )
+
+
+def pretrain(
+    config: PretrainConfig, resume: bool = False, console: Console | None = None, quiet: bool = False
+) -> LoopResult:
+    """Run (or resume) one pretraining run; returns where it ended and its last evaluation."""
+    console = console or Console(stderr=True)
+    if not config.data.shards:
+        raise HeadstartError("data.shards: expected the directory written by `headstart prepare`")
+    shards = open_shards(config.data.shards)
+    tokenizer_path = Path(config.data.shards) / "tokenizer.json"
+    tokenizer = load_tokenizer(tokenizer_path)
+    info = tokenizer_info(tokenizer)
+    config = resolve_config(config, info)
+    run_dir = Path(config.run.out_dir) / config.run.name
+    existing = ckpt.list_checkpoints(run_dir / "checkpoints")
+    resume_from = None
+    if existing and not resume:
+        raise HeadstartError(
+            f"run directory {run_dir} already has checkpoints; pass --resume to continue it or set run.name"
+        )
+    if resume and existing:
+        resume_from = existing[-1]
+        ckpt.verify(resume_from)
+        check_resume_compatible(ckpt.read_config(resume_from), to_dict(config), resume_from)
+        console.print(f"resuming {run_dir} from {resume_from.name}", highlight=False)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+    model = Transformer(config.model)
+    describe(model, config, console)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = to_dict(config)
+    save_yaml(config, run_dir / "config.yaml")
+    objective = build_objective(config, tokenizer)
+    head_fraction = getattr(objective, "head_fraction", 1.0)
+    val = eval_windows(shards.val, config.train.seq_len + 1, config.train.eval_batches * config.train.batch_size)
+    bytes_per_token = split_bytes_per_token(shards.meta, "val")
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_windows(model, objective, val, config.train.batch_size, bytes_per_token)
+
+    def write_extras(folder: Path) -> None:
+        shutil.copyfile(tokenizer_path, folder / "tokenizer.json")
+
+    return train_loop(
+        model,
+        objective,
+        TrainWindows(shards, config.train.seq_len, config.train.seed),
+        config.train,
+        config.optim,
+        config.schedule,
+        run_dir,
+        config_dict,
+        train_flops_per_token(config.model, config.train.seq_len, head_fraction),
+        evaluate=evaluate,
+        write_extras=write_extras,
+        resume=resume_from,
+        console=console,
+        quiet=quiet,
+    )
+
+
+def load_pretrained(path: str | Path) -> tuple[Transformer, PretrainConfig, Path]:
+    """A checkpoint's model (weights loaded, eval mode), its config, and its directory."""
+    folder = ckpt.resolve_checkpoint(path)
+    ckpt.verify(folder)
+    config = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
+    model = Transformer(config.model)
+    ckpt.load_weights(folder, model)
+    model.eval()
+    return model, config, folder

@@ -1,0 +1,42 @@
+import random
+from pathlib import Path
+
+import pytest
+
+from headstart.config import PrepareConfig, TokenizerConfig
+from headstart.data.prepare import prepare
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+WORDS = (
+    "the cat sat on a mat while dogs ran far away from home and birds sang over green hills "
+    "under blue skies near rivers where fish swim slowly past old stones"
+).split()
+
+
+def make_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(documents)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """A few hundred synthetic documents prepared with a small BPE tokenizer."""
+    root = tmp_path_factory.mktemp("corpus")
+    corpus = make_corpus(root / "corpus.txt")
+    out = root / "shards"
+    prepare(
+        PrepareConfig(
+            inputs=[str(corpus)], out=str(out), val_fraction=0.1, workers=1,
+            tokenizer=TokenizerConfig(kind="bpe", vocab_size=300),
+        )
+    )
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """The peak-FLOP/s probe caches under HEADSTART_CACHE; share one cache across the test session."""
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from headstart.config import ModelConfig
+from headstart.errors import HeadstartError
+from headstart.models.transformer import SIZES, Transformer, mlp_hidden
+from headstart.train.flops import matmul_params, train_flops_per_token
+
+
+def tiny(**kw):
+    return ModelConfig(**{"vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32, "context": 16, **kw})
+
+
+def test_decoder_is_causal_encoder_is_not():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (1, 10))
+    changed = ids.clone()
+    changed[0, 7] = (ids[0, 7] + 1) % 50
+    for causal in (True, False):
+        model = Transformer(tiny(causal=causal)).eval()
+        a, b = model(ids), model(changed)
+        prefix_same = torch.allclose(a[0, :7], b[0, :7], atol=1e-6)
+        assert prefix_same == causal
+
+
+def test_padding_mask_hides_padded_keys():
+    torch.manual_seed(0)
+    model = Transformer(tiny(causal=False)).eval()
+    ids = torch.randint(0, 50, (1, 8))
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    other = ids.clone()
+    other[0, 5:] = 0
+    assert torch.allclose(model(ids, mask)[0, :5], model(other, mask)[0, :5], atol=1e-6)
+
+
+def test_init_scales_residual_projections_and_ties_embeddings():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=1000, n_layer=8, n_head=4, n_embd=256, context=32))
+    proj = model.blocks[0].attn.proj.weight.std().item()
+    qkv = model.blocks[0].attn.qkv.weight.std().item()
+    assert qkv == pytest.approx(0.02, rel=0.05)
+    assert proj == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.lm_head is None
+    hidden = torch.randn(2, 256)
+    assert torch.equal(model.logits(hidden), hidden @ model.embed.weight.T)
+
+
+def test_swiglu_and_gelu_have_the_same_parameter_count_and_flops_match_params():
+    a = Transformer(tiny(mlp="swiglu", n_embd=192, n_head=6))
+    b = Transformer(tiny(mlp="gelu", n_embd=192, n_head=6))
+    assert abs(a.num_params() - b.num_params()) / b.num_params() < 0.02
+    for config in (tiny(), tiny(mlp="gelu")):
+        model = Transformer(config)
+        norms = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 1)
+        assert matmul_params(config) == model.num_params(embedding=False) - norms
+    assert mlp_hidden(tiny(mlp="gelu")) == 128
+
+
+def test_named_sizes_up_to_gpt2_small():
+    config = ModelConfig(size="gpt2-small", vocab_size=50257, context=1024)
+    with torch.device("meta"):
+        model = Transformer(config)
+    assert 120e6 < model.num_params() < 130e6
+    assert set(SIZES) >= {"nano", "micro", "tiny", "gpt2-small"}
+    # 6N + attention, per token, for training
+    assert train_flops_per_token(config, 1024) > 6 * 85e6
+
+
+def test_context_too_long_and_bad_shapes_fail_clearly():
+    model = Transformer(tiny())
+    with pytest.raises(HeadstartError, match="longer than the model's context of 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(HeadstartError, match="multiple of n_head"):
+        Transformer(tiny(n_embd=30, n_head=4))
+    with pytest.raises(HeadstartError, match="model.size"):
+        Transformer(tiny(size="huge"))
+
+
+def test_bf16_autocast_forward_backward():
+    torch.manual_seed(0)
+    model = Transformer(tiny())
+    ids = torch.randint(0, 50, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.logits(model(ids)).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -8,10 +8,7 @@ from headstart.data.prepare import prepare
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-WORDS = (
-    "the cat sat on a mat while dogs ran far away from home and birds sang over green hills "
-    "under blue skies near rivers where fish swim slowly past old stones"
-).split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away", "from", "home", "and", "birds", "sang", "over", "green", "hills", "under", "blue", "skies", "near", "rivers", "where", "fish", "swim", "slowly", "past", "old", "stones"]
 
 
 def make_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:
@@ -30,7 +27,7 @@ def tiny_shards(tmp_path_factory) -> Path:
     prepare(
         PrepareConfig(
             inputs=[str(corpus)], out=str(out), val_fraction=0.1, workers=1,
-            tokenizer=TokenizerConfig(kind="bpe", vocab_size=300),
+            tokenizer=TokenizerConfig(kind="bpe", vocab_size=400),
         )
     )
     return out

@@ -13,7 +13,7 @@ from headstart.train import pretrain as pretrain_module
 TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.context=32",
     "train.batch_size=4", "train.seq_len=32", "train.precision=fp32", "train.eval_batches=2",
-    "train.log_every=1", "schedule.warmup_steps=3",
+    "train.log_every=1", "schedule.warmup_steps=3", "optim.lr=3e-3",
 ]
 
 

@@ -42,5 +42,6 @@ def test_eval_windows_fixed_and_too_short_fails():
     windows = eval_windows(tokens, 11, 0)
     assert windows.shape == (9, 11)
     assert np.array_equal(eval_windows(tokens, 11, 3), eval_windows(tokens, 11, 3))
+    assert eval_windows(np.arange(5), 11, 0).shape == (1, 5)
     with pytest.raises(HeadstartError, match="expected at least"):
         WindowSampler(np.arange(15), 10, 0)

@@ -16,7 +16,7 @@ from headstart.evaluate import evaluate_checkpoint
 from headstart.generate import fill_mask as _fill_mask
 from headstart.generate import sample
 from headstart.train.loop import LoopResult
-from headstart.train.pretrain import load_pretrained
+from headstart.train.pretrain import load_pretrained, steps_for_minutes
 from headstart.train.pretrain import pretrain as _pretrain
 
 Overrides = list[str] | dict[str, Any] | None
@@ -36,11 +36,18 @@ def pretrain(
     recipe: str | PretrainConfig,
     overrides: Overrides = None,
     resume: bool = False,
+    minutes: float | None = None,
     console: Console | None = None,
     quiet: bool = False,
 ) -> LoopResult:
-    """Pretrain from a recipe name / YAML file / PretrainConfig, with ``section.field=value`` overrides."""
+    """Pretrain from a recipe name / YAML file / PretrainConfig, with ``section.field=value`` overrides.
+
+    ``minutes`` sets the step count to what fits that wall time here, so the schedule completes."""
     config = recipe if isinstance(recipe, PretrainConfig) else load_config(PretrainConfig, recipe, overrides)
+    if minutes:
+        if resume:
+            raise HeadstartError("--minutes with --resume: a resumed run keeps its step count")
+        config.train.steps = steps_for_minutes(config, minutes, console)
     return _pretrain(config, resume=resume, console=console, quiet=quiet)
 
 

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="a shipped recipe name or a YAML file")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    p.add_argument(
+        "--minutes", type=float, help="set train.steps to what fits this wall-time budget here (a short timed probe)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     _add_overrides(p)
 
@@ -141,7 +144,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         overrides = merge(parse_overrides(args.overrides), _prepare_overrides(args))
         api.prepare(args.config, overrides, console=console)
     elif args.verb == "pretrain":
-        result = api.pretrain(args.recipe, args.overrides, resume=args.resume, console=console, quiet=args.quiet)
+        result = api.pretrain(
+            args.recipe, args.overrides, resume=args.resume, minutes=args.minutes, console=console, quiet=args.quiet
+        )
         if result.interrupted:
             console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; rerun with --resume")
             return 130

@@ -3,7 +3,6 @@ model pretrained for a few minutes → evaluation, a sample, a Markdown summary 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -14,37 +13,14 @@ from rich.console import Console
 from headstart.config import PrepareConfig, PretrainConfig, TokenizerConfig, load_config, merge, to_dict
 from headstart.data.prepare import prepare
 from headstart.data.stdlib_corpus import write_stdlib_corpus
+from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.evaluate import evaluate_checkpoint
 from headstart.generate import sample
-from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.plots import loss_curve
-from headstart.train.pretrain import load_pretrained, pretrain
+from headstart.train.pretrain import load_pretrained, pretrain, steps_for_minutes
 
 RECIPE = "quickstart"
 PROMPT = "def "
-
-
-def _calibrate_steps(config: PretrainConfig, minutes: float, console: Console) -> int:
-    """Steps that fit the budget, from a short timed run of the same model (its directory is discarded)."""
-    probe_steps = 12
-    probe = load_config(
-        PretrainConfig,
-        None,
-        merge(
-            to_dict(config),
-            {"train": {"steps": probe_steps, "eval_every": 0, "checkpoint_every": 0, "log_every": probe_steps // 2},
-             "run": {"name": config.run.name + "-calibrate"}},
-        ),
-    )
-    run_dir = Path(probe.run.out_dir) / probe.run.name
-    shutil.rmtree(run_dir, ignore_errors=True)
-    pretrain(probe, console=console, quiet=True)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    tokens_per_s = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]  # the warm half
-    shutil.rmtree(run_dir, ignore_errors=True)
-    tokens_per_step = config.train.batch_size * config.train.grad_accum * config.train.seq_len
-    evals = 1 + config.train.steps // max(1, config.train.eval_every)
-    return max(50, int(0.92 * minutes * 60 * tokens_per_s / tokens_per_step) - evals)
 
 
 def run_quickstart(out: Path, minutes: float, console: Console) -> Path:
@@ -68,7 +44,7 @@ def run_quickstart(out: Path, minutes: float, console: Console) -> Path:
     config = load_config(
         PretrainConfig, RECIPE, {"data": {"shards": str(shards_dir)}, "run": {"out_dir": str(out), "name": "pretrain"}}
     )
-    steps = _calibrate_steps(config, minutes, console)
+    steps = steps_for_minutes(config, minutes, console)
     config = load_config(PretrainConfig, None, merge(to_dict(config), {"train": {"steps": steps}}))
     console.print(f"3/4 pretrain: {steps} steps (about {minutes:g} minutes on this machine)")
     shutil.rmtree(out / "pretrain", ignore_errors=True)

@@ -49,10 +49,12 @@ class WindowSampler:
 def eval_windows(tokens: np.ndarray, window: int, count: int) -> np.ndarray:
     """``count`` windows spread evenly over the array (all of it when count covers it): a fixed
     evaluation set, so successive evaluations are comparable."""
+    if len(tokens) < window:  # a short text is scored whole
+        if len(tokens) < 2:
+            raise HeadstartError(f"validation split: {len(tokens)} tokens, expected at least 2")
+        return np.asarray(tokens, dtype=np.int64)[None]
     stride = window - 1
     available = (len(tokens) - window) // stride + 1
-    if available < 1:
-        raise HeadstartError(f"validation split: {len(tokens)} tokens, expected at least {window}")
     if count <= 0 or count >= available:
         starts = np.arange(available) * stride
     else:

@@ -192,7 +192,8 @@ def train_loop(
         with torch.no_grad(), autocast:
             result = evaluate(model)
         model.train()
-        metrics.write({"step": at_step, "split": "val", **result})
+        elapsed = elapsed_before + time.perf_counter() - start_time
+        metrics.write({"step": at_step, "split": "val", "tokens": tokens_seen, "elapsed_s": elapsed, **result})
         progress.note(f"step {at_step}  " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -9,11 +10,10 @@ from typing import Any
 
 import torch
 from rich.console import Console
-
-from headstart.config import PretrainConfig, build, save_yaml, to_dict
-from headstart.data.shards import TokenShards, open_shards
 from tokenizers import Tokenizer
 
+from headstart.config import PretrainConfig, build, merge, save_yaml, to_dict
+from headstart.data.shards import TokenShards, open_shards
 from headstart.data.tokenizers import TokenizerInfo, load_tokenizer, tokenizer_info, word_start
 from headstart.data.windows import WindowSampler, eval_windows
 from headstart.errors import HeadstartError
@@ -175,3 +175,33 @@ def load_pretrained(path: str | Path) -> tuple[Transformer, PretrainConfig, Path
     ckpt.load_weights(folder, model)
     model.eval()
     return model, config, folder
+
+
+def steps_for_minutes(config: PretrainConfig, minutes: float, console: Console | None = None) -> int:
+    """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
+    model and data (its directory is removed), so a time budget still gets a complete schedule."""
+    probe_steps = 12
+    probe = build(
+        PretrainConfig,
+        merge(
+            to_dict(config),
+            {
+                "train": {"steps": probe_steps, "eval_every": 0, "checkpoint_every": 0, "log_every": probe_steps // 2},
+                "run": {"name": (config.run.name or "run") + "-calibrate"},
+            },
+        ),
+    )
+    run_dir = Path(probe.run.out_dir) / probe.run.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        pretrain(probe, console=console, quiet=True)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    tokens_per_s = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]  # the warm half
+    train = config.train
+    seconds_per_step = train.batch_size * train.grad_accum * train.seq_len / tokens_per_s
+    steps = int(minutes * 60 / seconds_per_step)
+    evaluations = steps // train.eval_every if train.eval_every else 0
+    eval_seconds = evaluations * train.eval_batches * seconds_per_step / 3  # forward only
+    return max(10, int((minutes * 60 - eval_seconds) / seconds_per_step * 0.95))

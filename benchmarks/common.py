@@ -1,0 +1,58 @@
+"""Shared by the benchmark scripts: where the data is, cached shards, machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from headstart.config import PrepareConfig, TokenizerConfig
+from headstart.data.prepare import prepare
+from headstart.data.shards import open_shards
+from headstart.train.flops import peak_flops
+
+ROOT = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("HEADSTART_DATA", ROOT.parents[1] / "shared" / "data"))
+CACHE = Path(os.environ.get("HEADSTART_BENCH_CACHE", ROOT.parent / "runs" / "bench"))
+
+
+def shakespeare_char() -> Path:
+    """Tiny Shakespeare, char-level, first 90% train / last 10% val (nanoGPT's split)."""
+    out = CACHE / "shards-shakespeare-char"
+    if not (out / "meta.json").is_file():
+        prepare(
+            PrepareConfig(
+                inputs=[str(DATA / "text" / "tinyshakespeare" / "input.txt")], out=str(out), text_mode="file",
+                val_mode="tail", val_fraction=0.1, tokenizer=TokenizerConfig(kind="char"),
+            )
+        )
+    open_shards(out)
+    return out
+
+
+def wikitext_bpe8k() -> Path:
+    """WikiText-2 (train / valid files as the splits), byte-level BPE with 8,192 tokens."""
+    out = CACHE / "shards-wikitext2-bpe8k"
+    if not (out / "meta.json").is_file():
+        folder = DATA / "text" / "wikitext2"
+        prepare(
+            PrepareConfig(
+                inputs=[str(folder / "train.txt")], val_inputs=[str(folder / "valid.txt")], out=str(out),
+                text_mode="line", tokenizer=TokenizerConfig(kind="bpe", vocab_size=8192),
+            )
+        )
+    open_shards(out)
+    return out
+
+
+def machine() -> dict[str, object]:
+    cpu = torch.device("cpu")
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "peak_fp32_gflops": round(peak_flops(torch.float32, cpu) / 1e9),
+        "peak_bf16_gflops": round(peak_flops(torch.bfloat16, cpu) / 1e9),
+    }

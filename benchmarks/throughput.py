@@ -1,0 +1,208 @@
+"""Training throughput: headstart's loop against Hugging Face transformers, same run, same shapes.
+
+For each shape, four models of identical shape (layers, heads, width, context, batch,
+vocabulary) train on the same token windows: headstart's decoder (causal LM) and encoder
+(masked LM) through headstart's own loop, and transformers' GPT2LMHeadModel and
+BertForMaskedLM in a plain PyTorch loop (fused AdamW, clipping, the same masking). Each runs
+in fp32 and under bf16 autocast; its best is compared. Blocks of steps are interleaved and
+medians taken, because this machine's speed drifts over minutes. Peak memory is measured
+in a fresh process per model. The last line printed is one JSON object with every figure.
+
+    python benchmarks/throughput.py [--repeats 3] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, machine, shakespeare_char, wikitext_bpe8k
+from headstart.config import ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from headstart.data.shards import open_shards
+from headstart.data.tokenizers import load_tokenizer, tokenizer_info
+from headstart.models.transformer import Transformer
+from headstart.objectives.clm import CausalLM
+from headstart.objectives.mlm import MaskedLM
+from headstart.train.flops import peak_flops, train_flops_per_token
+from headstart.train.loop import step_generator, train_loop
+from headstart.train.pretrain import TrainWindows
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    seq_len: int
+    batch: int
+    shards: str
+
+
+IMPLS = ("headstart-clm", "hf-gpt2", "headstart-mlm", "hf-bert")
+
+
+def model_config(shape: Shape, vocab: int, causal: bool) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=vocab, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+        context=shape.seq_len, causal=causal,
+    )
+
+
+def masked_lm(shards: Path) -> MaskedLM:
+    info = tokenizer_info(load_tokenizer(shards / "tokenizer.json"))
+    return MaskedLM(info.vocab_size, info.mask_id, info.special_ids)
+
+
+def hf_model(impl: str, shape: Shape, vocab: int) -> torch.nn.Module:
+    import transformers
+
+    if impl == "hf-gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_positions=shape.seq_len, n_embd=shape.n_embd, n_layer=shape.n_layer,
+            n_head=shape.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        )
+        return transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    config = transformers.BertConfig(
+        vocab_size=vocab, hidden_size=shape.n_embd, num_hidden_layers=shape.n_layer,
+        num_attention_heads=shape.n_head, intermediate_size=4 * shape.n_embd,
+        max_position_embeddings=shape.seq_len, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertForMaskedLM._from_config(config, attn_implementation="sdpa")
+
+
+def hf_steps(impl: str, shape: Shape, bf16: bool, steps: int, first_sample: int) -> list[float]:
+    """Seconds per step of a plain PyTorch loop over a transformers model."""
+    shards = Path(shape.shards)
+    vocab = open_shards(shards).vocab_size
+    torch.manual_seed(0)
+    model = hf_model(impl, shape, vocab).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
+    source = TrainWindows(open_shards(shards), shape.seq_len, seed=0)
+    objective = CausalLM() if impl == "hf-gpt2" else masked_lm(shards)
+    times = []
+    for step in range(steps):
+        start = time.perf_counter()
+        batch = objective.make_batch(source.batch(first_sample + step * shape.batch, shape.batch),
+                                     step_generator(0, step, 0))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if impl == "hf-gpt2":
+                logits = model(input_ids=batch["input"]).logits
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten())
+            else:
+                labels = batch["target"].masked_fill(~batch["selected"], -100)
+                loss = model(input_ids=batch["input"], labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def headstart_steps(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -> list[float]:
+    """Seconds per step of headstart's own loop (data loading, logging and all), from its metrics."""
+    shards = Path(shape.shards)
+    vocab = open_shards(shards).vocab_size
+    causal = impl == "headstart-clm"
+    config = model_config(shape, vocab, causal)
+    torch.manual_seed(0)
+    model = Transformer(config)
+    objective = CausalLM() if causal else masked_lm(shards)
+    log_every = 5
+    train = TrainConfig(
+        steps=steps, batch_size=shape.batch, seq_len=shape.seq_len, precision="bf16" if bf16 else "fp32",
+        eval_every=0, checkpoint_every=0, log_every=log_every, keep_checkpoints=1,
+    )
+    run_dir = CACHE / "throughput-runs" / f"{impl}-{shape.name}-{run}"
+    train_loop(
+        model, objective, TrainWindows(open_shards(shards), shape.seq_len, seed=0), train,
+        OptimConfig(lr=1e-4, beta2=0.99), ScheduleConfig(warmup_steps=10), run_dir, {},
+        train_flops_per_token(config, shape.seq_len, objective.head_fraction), quiet=True,
+    )
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tokens_per_step = shape.batch * shape.seq_len
+    return [tokens_per_step / r["tokens_per_s"] for r in records if "tokens_per_s" in r for _ in range(log_every)]
+
+
+def measure(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -> list[float]:
+    if impl.startswith("hf-"):
+        return hf_steps(impl, shape, bf16, steps, first_sample=run * steps * shape.batch)
+    return headstart_steps(impl, shape, bf16, steps, run)
+
+
+def _memory_child(impl: str, shape: Shape, bf16: bool, queue: mp.Queue) -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    measure(impl, shape, bf16, steps=6, run=99)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def peak_memory_mib(impl: str, shape: Shape, bf16: bool) -> float:
+    """Growth of the peak resident set while building and training the model, in a fresh process."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_memory_child, args=(impl, shape, bf16, queue))
+    process.start()
+    value = queue.get()
+    process.join()
+    return round(value, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved blocks per model")
+    parser.add_argument("--steps", type=int, default=20, help="steps per block (the first 5 are warm-up)")
+    parser.add_argument("--shapes", default="small,large")
+    args = parser.parse_args()
+    shapes = {
+        "small": Shape("small", 4, 4, 128, 64, 12, str(shakespeare_char())),
+        "large": Shape("large", 6, 6, 384, 256, 8, str(wikitext_bpe8k())),
+    }
+    facts = machine()
+    print(json.dumps(facts))
+    results = []
+    for shape in (shapes[name] for name in args.shapes.split(",")):
+        vocab = open_shards(shape.shards).vocab_size
+        timings: dict[tuple[str, bool], list[float]] = {(i, p): [] for i in IMPLS for p in (False, True)}
+        for run in range(args.repeats):
+            for key in timings:
+                timings[key] += measure(key[0], shape, key[1], args.steps, run)[5:]
+        tokens_per_step = shape.batch * shape.seq_len
+        row: dict[str, object] = {"case": shape.name, "shape": {**shape.__dict__, "vocab": vocab}}
+        best = {}
+        for impl in IMPLS:
+            options = {p: tokens_per_step / statistics.median(timings[(impl, p)]) for p in (False, True)}
+            bf16 = options[True] > options[False]
+            best[impl] = (options[bf16], bf16)
+            row[impl] = {
+                "tokens_per_s_fp32": round(options[False]), "tokens_per_s_bf16": round(options[True]),
+                "best": "bf16" if bf16 else "fp32", "peak_memory_mib": peak_memory_mib(impl, shape, bf16),
+            }
+        for ours, theirs in (("headstart-clm", "hf-gpt2"), ("headstart-mlm", "hf-bert")):
+            tokens_per_s, bf16 = best[ours]
+            config = model_config(shape, vocab, ours == "headstart-clm")
+            head_fraction = 1.0 if ours == "headstart-clm" else 0.15
+            flops = train_flops_per_token(config, shape.seq_len, head_fraction)
+            peak = peak_flops(torch.bfloat16 if bf16 else torch.float32, torch.device("cpu"))
+            row[f"{ours}_vs_{theirs}"] = {
+                "headstart_tokens_per_s": round(tokens_per_s), "baseline_tokens_per_s": round(best[theirs][0]),
+                "ratio": round(tokens_per_s / best[theirs][0], 2), "headstart_mfu": round(tokens_per_s * flops / peak, 3),
+            }
+        results.append(row)
+        print(json.dumps(row))
+    print(json.dumps({"machine": facts, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""WikiText-2 with an 8k byte-level BPE: a causal and a masked model, each pretrained for a
+fixed wall-time budget (20 minutes by default) on this machine.
+
+Reports validation perplexity and bits per byte for the decoder, masked-token accuracy and
+MLM perplexity for the encoder, on the whole WikiText-2 validation file. The last line
+printed is one JSON object with every figure.
+
+    python benchmarks/wikitext.py [--minutes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, machine, wikitext_bpe8k
+from headstart import api
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="pretraining budget per model")
+    parser.add_argument("--objectives", default="clm,mlm")
+    args = parser.parse_args()
+    shards = wikitext_bpe8k()
+    facts = machine()
+    results = {}
+    for objective in args.objectives.split(","):
+        recipe = {"clm": "gpt-tiny", "mlm": "bert-tiny"}[objective]
+        name = f"wikitext2-{recipe}"
+        shutil.rmtree(CACHE / name, ignore_errors=True)
+        overrides = [f"data.shards={shards}", f"run.out_dir={CACHE}", f"run.name={name}", "train.checkpoint_every=0"]
+        result = api.pretrain(recipe, overrides, minutes=args.minutes)
+        scores = api.evaluate(result.checkpoint)  # every window of the validation split
+        results[objective] = {
+            "recipe": recipe,
+            "steps": result.step,
+            "tokens": result.tokens_seen,
+            "wall_minutes": round(result.elapsed_s / 60, 1),
+            "pretrain_flops": result.flops,
+            **{k: round(v, 4) for k, v in scores.items()},
+        }
+        print(json.dumps({objective: results[objective]}))
+    print(json.dumps({"case": "wikitext2-bpe8k", "minutes": args.minutes, "results": results, "machine": facts}))
+
+
+if __name__ == "__main__":
+    main()

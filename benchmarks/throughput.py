@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import sys
 import time
@@ -141,11 +140,19 @@ def measure(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -> list[f
     return headstart_steps(impl, shape, bf16, steps, run)
 
 
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not carry the parent's
+    peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _memory_child(impl: str, shape: Shape, bf16: bool, queue: mp.Queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     measure(impl, shape, bf16, steps=6, run=99)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    queue.put((_peak_rss_kib() - before) / 1024)
 
 
 def peak_memory_mib(impl: str, shape: Shape, bf16: bool) -> float:

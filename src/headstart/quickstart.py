@@ -46,7 +46,7 @@ def run_quickstart(out: Path, minutes: float, console: Console) -> Path:
     )
     steps = steps_for_minutes(config, minutes, console)
     config = load_config(PretrainConfig, None, merge(to_dict(config), {"train": {"steps": steps}}))
-    console.print(f"3/4 pretrain: {steps} steps (about {minutes:g} minutes on this machine)")
+    console.print(f"3/4 pretrain: {steps} steps (about {minutes:g} min on this machine)")
     shutil.rmtree(out / "pretrain", ignore_errors=True)
     result = pretrain(config, console=console)
     console.print("4/4 evaluate and sample")

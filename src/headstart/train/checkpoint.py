@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from headstart.errors import HeadstartError
@@ -55,8 +55,7 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / "model.safetensors"))  # stores tied (shared) weights once
         torch.save(state, tmp / "state.pt")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         if write_extras is not None:
@@ -127,17 +126,17 @@ def read_config(path: Path) -> dict[str, Any]:
 def load_weights(path: Path, model: nn.Module, strict: bool = True) -> None:
     file = path / "model.safetensors"
     try:
-        weights = load_file(str(file))
+        with safe_open(str(file), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as exc:
         raise HeadstartError(f"checkpoint {file}: cannot be read ({exc})") from None
     expected = model.state_dict()
-    for name, tensor in weights.items():
-        if name in expected and expected[name].shape != tensor.shape:
+    for name, shape in shapes.items():
+        if name in expected and tuple(expected[name].shape) != shape:
             raise HeadstartError(
-                f"checkpoint {file}: {name} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(expected[name].shape)}"
+                f"checkpoint {file}: {name} has shape {shape}, the model expects {tuple(expected[name].shape)}"
             )
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = load_model(model, str(file), strict=False)
     if strict and (missing or unexpected):
         raise HeadstartError(
             f"checkpoint {file}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"

@@ -133,7 +133,8 @@ def pretrain(
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
     model = Transformer(config.model)
-    describe(model, config, console)
+    if not quiet:
+        describe(model, config, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(config)
     save_yaml(config, run_dir / "config.yaml")

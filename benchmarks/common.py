@@ -24,8 +24,12 @@ def shakespeare_char() -> Path:
     if not (out / "meta.json").is_file():
         prepare(
             PrepareConfig(
-                inputs=[str(DATA / "text" / "tinyshakespeare" / "input.txt")], out=str(out), text_mode="file",
-                val_mode="tail", val_fraction=0.1, tokenizer=TokenizerConfig(kind="char"),
+                inputs=[str(DATA / "text" / "tinyshakespeare" / "input.txt")],
+                out=str(out),
+                text_mode="file",
+                val_mode="tail",
+                val_fraction=0.1,
+                tokenizer=TokenizerConfig(kind="char"),
             )
         )
     open_shards(out)
@@ -39,8 +43,11 @@ def wikitext_bpe8k() -> Path:
         folder = DATA / "text" / "wikitext2"
         prepare(
             PrepareConfig(
-                inputs=[str(folder / "train.txt")], val_inputs=[str(folder / "valid.txt")], out=str(out),
-                text_mode="line", tokenizer=TokenizerConfig(kind="bpe", vocab_size=8192),
+                inputs=[str(folder / "train.txt")],
+                val_inputs=[str(folder / "valid.txt")],
+                out=str(out),
+                text_mode="line",
+                tokenizer=TokenizerConfig(kind="bpe", vocab_size=8192),
             )
         )
     open_shards(out)

@@ -52,8 +52,16 @@ class GPT2Adapter(nn.Module):
 
         m = config.model
         gpt2 = transformers.GPT2Config(
-            vocab_size=vocab, n_positions=m.context, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+            vocab_size=vocab,
+            n_positions=m.context,
+            n_embd=m.n_embd,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         self.model = transformers.GPT2LMHeadModel._from_config(gpt2, attn_implementation="sdpa")
 
@@ -74,8 +82,13 @@ def first_below(metrics: Path, target: float) -> dict[str, float] | None:
 
 def run_headstart(shards: Path, seed: int) -> dict[str, object]:
     config = load_config(
-        PretrainConfig, "shakespeare-char",
-        {**EVAL, "data": {"shards": str(shards)}, "run": {"out_dir": str(CACHE), "name": f"shakespeare-headstart-{seed}"}},
+        PretrainConfig,
+        "shakespeare-char",
+        {
+            **EVAL,
+            "data": {"shards": str(shards)},
+            "run": {"out_dir": str(CACHE), "name": f"shakespeare-headstart-{seed}"},
+        },
     )
     config.train.seed = seed
     shutil.rmtree(Path(config.run.out_dir) / config.run.name, ignore_errors=True)
@@ -85,7 +98,8 @@ def run_headstart(shards: Path, seed: int) -> dict[str, object]:
 
 def run_gpt2(shards: Path, seed: int) -> dict[str, object]:
     config = load_config(
-        PretrainConfig, "shakespeare-char",
+        PretrainConfig,
+        "shakespeare-char",
         {**EVAL, **NANOGPT, "train": {**EVAL["train"], **NANOGPT["train"]}, "data": {"shards": str(shards)}},
     )
     config.train.seed = seed
@@ -99,9 +113,17 @@ def run_gpt2(shards: Path, seed: int) -> dict[str, object]:
     m = config.model
     flops = train_flops_per_token(m.__class__(**{**to_dict(m), "vocab_size": data.vocab_size, "mlp": "gelu"}), 64)
     result = train_loop(
-        model, objective, TrainWindows(data, config.train.seq_len, seed), config.train, config.optim,
-        config.schedule, run_dir, to_dict(config), flops,
-        evaluate=lambda mod: evaluate_windows(mod, objective, val, config.train.batch_size), quiet=True,
+        model,
+        objective,
+        TrainWindows(data, config.train.seq_len, seed),
+        config.train,
+        config.optim,
+        config.schedule,
+        run_dir,
+        to_dict(config),
+        flops,
+        evaluate=lambda mod: evaluate_windows(mod, objective, val, config.train.batch_size),
+        quiet=True,
     )
     return summarize(run_dir, result)
 

@@ -53,8 +53,12 @@ IMPLS = ("headstart-clm", "hf-gpt2", "headstart-mlm", "hf-bert")
 
 def model_config(shape: Shape, vocab: int, causal: bool) -> ModelConfig:
     return ModelConfig(
-        vocab_size=vocab, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-        context=shape.seq_len, causal=causal,
+        vocab_size=vocab,
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        n_embd=shape.n_embd,
+        context=shape.seq_len,
+        causal=causal,
     )
 
 
@@ -68,14 +72,27 @@ def hf_model(impl: str, shape: Shape, vocab: int) -> torch.nn.Module:
 
     if impl == "hf-gpt2":
         config = transformers.GPT2Config(
-            vocab_size=vocab, n_positions=shape.seq_len, n_embd=shape.n_embd, n_layer=shape.n_layer,
-            n_head=shape.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+            vocab_size=vocab,
+            n_positions=shape.seq_len,
+            n_embd=shape.n_embd,
+            n_layer=shape.n_layer,
+            n_head=shape.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         return transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
     config = transformers.BertConfig(
-        vocab_size=vocab, hidden_size=shape.n_embd, num_hidden_layers=shape.n_layer,
-        num_attention_heads=shape.n_head, intermediate_size=4 * shape.n_embd,
-        max_position_embeddings=shape.seq_len, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=vocab,
+        hidden_size=shape.n_embd,
+        num_hidden_layers=shape.n_layer,
+        num_attention_heads=shape.n_head,
+        intermediate_size=4 * shape.n_embd,
+        max_position_embeddings=shape.seq_len,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForMaskedLM._from_config(config, attn_implementation="sdpa")
 
@@ -92,8 +109,9 @@ def hf_steps(impl: str, shape: Shape, bf16: bool, steps: int, first_sample: int)
     times = []
     for step in range(steps):
         start = time.perf_counter()
-        batch = objective.make_batch(source.batch(first_sample + step * shape.batch, shape.batch),
-                                     step_generator(0, step, 0))
+        batch = objective.make_batch(
+            source.batch(first_sample + step * shape.batch, shape.batch), step_generator(0, step, 0)
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if impl == "hf-gpt2":
                 logits = model(input_ids=batch["input"]).logits
@@ -120,14 +138,27 @@ def headstart_steps(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -
     objective = CausalLM() if causal else masked_lm(shards)
     log_every = 5
     train = TrainConfig(
-        steps=steps, batch_size=shape.batch, seq_len=shape.seq_len, precision="bf16" if bf16 else "fp32",
-        eval_every=0, checkpoint_every=0, log_every=log_every, keep_checkpoints=1,
+        steps=steps,
+        batch_size=shape.batch,
+        seq_len=shape.seq_len,
+        precision="bf16" if bf16 else "fp32",
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=log_every,
+        keep_checkpoints=1,
     )
     run_dir = CACHE / "throughput-runs" / f"{impl}-{shape.name}-{run}"
     train_loop(
-        model, objective, TrainWindows(open_shards(shards), shape.seq_len, seed=0), train,
-        OptimConfig(lr=1e-4, beta2=0.99), ScheduleConfig(warmup_steps=10), run_dir, {},
-        train_flops_per_token(config, shape.seq_len, objective.head_fraction), quiet=True,
+        model,
+        objective,
+        TrainWindows(open_shards(shards), shape.seq_len, seed=0),
+        train,
+        OptimConfig(lr=1e-4, beta2=0.99),
+        ScheduleConfig(warmup_steps=10),
+        run_dir,
+        {},
+        train_flops_per_token(config, shape.seq_len, objective.head_fraction),
+        quiet=True,
     )
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tokens_per_step = shape.batch * shape.seq_len
@@ -193,8 +224,10 @@ def main() -> None:
             bf16 = options[True] > options[False]
             best[impl] = (options[bf16], bf16)
             row[impl] = {
-                "tokens_per_s_fp32": round(options[False]), "tokens_per_s_bf16": round(options[True]),
-                "best": "bf16" if bf16 else "fp32", "peak_memory_mib": peak_memory_mib(impl, shape, bf16),
+                "tokens_per_s_fp32": round(options[False]),
+                "tokens_per_s_bf16": round(options[True]),
+                "best": "bf16" if bf16 else "fp32",
+                "peak_memory_mib": peak_memory_mib(impl, shape, bf16),
             }
         for ours, theirs in (("headstart-clm", "hf-gpt2"), ("headstart-mlm", "hf-bert")):
             tokens_per_s, bf16 = best[ours]
@@ -203,8 +236,10 @@ def main() -> None:
             flops = train_flops_per_token(config, shape.seq_len, head_fraction)
             peak = peak_flops(torch.bfloat16 if bf16 else torch.float32, torch.device("cpu"))
             row[f"{ours}_vs_{theirs}"] = {
-                "headstart_tokens_per_s": round(tokens_per_s), "baseline_tokens_per_s": round(best[theirs][0]),
-                "ratio": round(tokens_per_s / best[theirs][0], 2), "headstart_mfu": round(tokens_per_s * flops / peak, 3),
+                "headstart_tokens_per_s": round(tokens_per_s),
+                "baseline_tokens_per_s": round(best[theirs][0]),
+                "ratio": round(tokens_per_s / best[theirs][0], 2),
+                "headstart_mfu": round(tokens_per_s * flops / peak, 3),
             }
         results.append(row)
         print(json.dumps(row))

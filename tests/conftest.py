@@ -8,7 +8,39 @@ from headstart.data.prepare import prepare
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away", "from", "home", "and", "birds", "sang", "over", "green", "hills", "under", "blue", "skies", "near", "rivers", "where", "fish", "swim", "slowly", "past", "old", "stones"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "far",
+    "away",
+    "from",
+    "home",
+    "and",
+    "birds",
+    "sang",
+    "over",
+    "green",
+    "hills",
+    "under",
+    "blue",
+    "skies",
+    "near",
+    "rivers",
+    "where",
+    "fish",
+    "swim",
+    "slowly",
+    "past",
+    "old",
+    "stones",
+]
 
 
 def make_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:
@@ -26,7 +58,10 @@ def tiny_shards(tmp_path_factory) -> Path:
     out = root / "shards"
     prepare(
         PrepareConfig(
-            inputs=[str(corpus)], out=str(out), val_fraction=0.1, workers=1,
+            inputs=[str(corpus)],
+            out=str(out),
+            val_fraction=0.1,
+            workers=1,
             tokenizer=TokenizerConfig(kind="bpe", vocab_size=400),
         )
     )

@@ -54,9 +54,21 @@ def test_prepare_pretrain_evaluate_generate_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (shards / "train.bin").is_file() and (shards / "meta.json").is_file()
     result = headstart(
-        "pretrain", "gpt-tiny", f"data.shards={shards}", f"run.out_dir={tmp_path}", "run.name=r",
-        "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.context=32", "train.seq_len=32",
-        "train.batch_size=4", "train.steps=6", "train.eval_every=3", "train.eval_batches=1", "--quiet",
+        "pretrain",
+        "gpt-tiny",
+        f"data.shards={shards}",
+        f"run.out_dir={tmp_path}",
+        "run.name=r",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "model.context=32",
+        "train.seq_len=32",
+        "train.batch_size=4",
+        "train.steps=6",
+        "train.eval_every=3",
+        "train.eval_batches=1",
+        "--quiet",
     )
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stderr and "MFLOP/token" in result.stderr

@@ -74,7 +74,7 @@ def test_context_too_long_and_bad_shapes_fail_clearly():
         model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(HeadstartError, match="multiple of n_head"):
         Transformer(tiny(n_embd=30, n_head=4))
-    with pytest.raises(HeadstartError, match="model.size"):
+    with pytest.raises(HeadstartError, match=r"model\.size"):
         Transformer(tiny(size="huge"))
 
 

@@ -26,9 +26,7 @@ def _docs(n: int, seed: int = 0) -> list[str]:
 
 
 def _jsonl(path: Path, docs: list[str]) -> Path:
-    path.write_text(
-        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8"
-    )
+    path.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     return path
 
 
@@ -90,9 +88,7 @@ def test_tail_split_takes_exactly_the_last_tokens(tmp_path: Path) -> None:
     files = sorted(tmp_path.glob("*.txt"))
     char = TokenizerConfig(kind="char")
     whole = prepare(_cfg(files, tmp_path / "all", text_mode="file", val_fraction=0.0, tokenizer=char))
-    tail = prepare(
-        _cfg(files, tmp_path / "tail", text_mode="file", val_mode="tail", val_fraction=0.25, tokenizer=char)
-    )
+    tail = prepare(_cfg(files, tmp_path / "tail", text_mode="file", val_mode="tail", val_fraction=0.25, tokenizer=char))
     everything = open_shards(tmp_path / "all").train
     shards = open_shards(tmp_path / "tail")
     total = everything.size
@@ -131,9 +127,7 @@ def test_empty_corpus_is_an_error_and_writes_nothing(tmp_path: Path, given_token
         good = _jsonl(tmp_path / "good.jsonl", _docs(20))
         prepare(_cfg([good], tmp_path / "ref", val_fraction=0.0, tokenizer=tokenizer))
         tokenizer = TokenizerConfig(path=str(tmp_path / "ref" / "tokenizer.json"))
-    with pytest.raises(
-        HeadstartError, match=r"blank\.txt: no documents to prepare \(empty: 2; invalid UTF-8: 1\)"
-    ):
+    with pytest.raises(HeadstartError, match=r"blank\.txt: no documents to prepare \(empty: 2; invalid UTF-8: 1\)"):
         prepare(_cfg([src], tmp_path / "out", tokenizer=tokenizer))
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out*"))

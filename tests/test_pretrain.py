@@ -11,9 +11,17 @@ from headstart.errors import HeadstartError
 from headstart.train import pretrain as pretrain_module
 
 TINY = [
-    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.context=32",
-    "train.batch_size=4", "train.seq_len=32", "train.precision=fp32", "train.eval_batches=2",
-    "train.log_every=1", "schedule.warmup_steps=3", "optim.lr=3e-3",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.context=32",
+    "train.batch_size=4",
+    "train.seq_len=32",
+    "train.precision=fp32",
+    "train.eval_batches=2",
+    "train.log_every=1",
+    "schedule.warmup_steps=3",
+    "optim.lr=3e-3",
 ]
 
 
@@ -33,8 +41,15 @@ def test_loss_falls_and_checkpoint_is_complete(tiny_shards, tmp_path, recipe):
     train = [r["loss"] for r in records if "loss" in r]
     assert train[-1] < 0.75 * train[0]  # random word order: the floor is about ln(36 words)
     files = {p.name for p in result.checkpoint.iterdir()}
-    assert files >= {"config.yaml", "model.safetensors", "tokenizer.json", "state.pt", "metrics.jsonl",
-                     "compute.json", "manifest.json"}
+    assert files >= {
+        "config.yaml",
+        "model.safetensors",
+        "tokenizer.json",
+        "state.pt",
+        "metrics.jsonl",
+        "compute.json",
+        "manifest.json",
+    }
     compute = json.loads((result.checkpoint / "compute.json").read_text())
     assert compute["tokens"] == 40 * 4 * 32
     assert compute["flops"] == pytest.approx(compute["flops_per_token"] * compute["tokens"])
@@ -99,7 +114,7 @@ def test_resume_refuses_a_changed_config_and_existing_run_needs_resume(tiny_shar
     run(tiny_shards, tmp_path, "r", ["train.steps=2"])
     with pytest.raises(HeadstartError, match="--resume"):
         run(tiny_shards, tmp_path, "r", ["train.steps=2"])
-    with pytest.raises(HeadstartError, match="optim.lr was"):
+    with pytest.raises(HeadstartError, match=r"optim\.lr was"):
         run(tiny_shards, tmp_path, "r", ["train.steps=4", "optim.lr=0.5"], resume=True)
     assert run(tiny_shards, tmp_path, "r", ["train.steps=4"], resume=True).step == 4
 
@@ -113,9 +128,9 @@ def test_corrupted_checkpoint_is_named(tiny_shards, tmp_path):
 
 
 def test_vocab_mismatch_and_context_errors(tiny_shards, tmp_path):
-    with pytest.raises(HeadstartError, match="tokenizer of .* has \\d+ tokens"):
+    with pytest.raises(HeadstartError, match=r"tokenizer of .* has \d+ tokens"):
         run(tiny_shards, tmp_path, "v", ["train.steps=1", "model.vocab_size=77"])
-    with pytest.raises(HeadstartError, match="longer than model.context"):
+    with pytest.raises(HeadstartError, match=r"longer than model\.context"):
         run(tiny_shards, tmp_path, "v", ["train.steps=1", "train.seq_len=64"])
 
 

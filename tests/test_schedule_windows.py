@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ def test_cosine_warms_up_then_decays_to_floor():
     values = [lr_multiplier(s, 100, config) for s in range(100)]
     assert values[0] == pytest.approx(0.1)
     assert values[9] == pytest.approx(1.0)
-    assert all(b <= a + 1e-12 for a, b in zip(values[9:], values[10:], strict=False))
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(values[9:]))
     assert values[-1] == pytest.approx(0.1, abs=0.01)
 
 

@@ -72,9 +72,7 @@ def test_truncated_shard_is_an_error_naming_sizes(tmp_path: Path) -> None:
     _write(out)
     with open(out / "train.bin", "r+b") as f:
         f.truncate(7)
-    with pytest.raises(
-        HeadstartError, match=r"train\.bin: expected 18 bytes \(9 uint16 tokens.*found 7 bytes"
-    ):
+    with pytest.raises(HeadstartError, match=r"train\.bin: expected 18 bytes \(9 uint16 tokens.*found 7 bytes"):
         open_shards(out)
     (out / "val.bin").unlink()
     (out / "train.bin").write_bytes(b"\0" * 18)
@@ -91,9 +89,7 @@ def test_missing_or_unknown_shards_are_errors(tmp_path: Path) -> None:
     _write(out)
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     (out / "meta.json").write_text(json.dumps(meta | {"format_version": 99}), encoding="utf-8")
-    with pytest.raises(
-        HeadstartError, match="version 99; this headstart reads headstart-token-shards version 1"
-    ):
+    with pytest.raises(HeadstartError, match="version 99; this headstart reads headstart-token-shards version 1"):
         open_shards(out)
     (out / "meta.json").write_text("{}", encoding="utf-8")
     with pytest.raises(HeadstartError, match="unreadable or incomplete"):

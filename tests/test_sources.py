@@ -144,9 +144,7 @@ def test_malformed_jsonl_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(HeadstartError, match=r"a\.jsonl:3: malformed JSON"):
         _read([str(f)])
     f.write_text('{"text": "ok"}\n["a list"]\n', encoding="utf-8")
-    with pytest.raises(
-        HeadstartError, match=r"a\.jsonl:2: expected a JSON object per line, got a JSON array"
-    ):
+    with pytest.raises(HeadstartError, match=r"a\.jsonl:2: expected a JSON object per line, got a JSON array"):
         _read([str(f)])
 
 

@@ -47,7 +47,7 @@ def pretrain(
     if minutes:
         if resume:
             raise HeadstartError("--minutes with --resume: a resumed run keeps its step count")
-        config.train.steps = steps_for_minutes(config, minutes, console)
+        config.train.steps = steps_for_minutes(config, minutes)
     return _pretrain(config, resume=resume, console=console, quiet=quiet)
 
 
@@ -64,7 +64,9 @@ def evaluate(
     result = evaluate_checkpoint(checkpoint, data, split, seq_len, max_windows, text_mode)
     if console is not None:
         console.print(
-            "  ".join(f"{k} {v:,.4f}" if k not in ("windows", "tokens") else f"{k} {v:,.0f}" for k, v in result.items()),
+            "  ".join(
+                f"{k} {v:,.4f}" if k not in ("windows", "tokens") else f"{k} {v:,.0f}" for k, v in result.items()
+            ),
             highlight=False,
         )
     return result

@@ -116,8 +116,16 @@ def _prepare_overrides(args: argparse.Namespace) -> dict:
     flags = {
         key: getattr(args, key)
         for key in (
-            "inputs", "val_inputs", "out", "text_mode", "jsonl_field", "parquet_column",
-            "val_fraction", "val_mode", "invalid_utf8", "workers",
+            "inputs",
+            "val_inputs",
+            "out",
+            "text_mode",
+            "jsonl_field",
+            "parquet_column",
+            "val_fraction",
+            "val_mode",
+            "invalid_utf8",
+            "workers",
         )
         if getattr(args, key) not in (None, [])
     }
@@ -152,14 +160,24 @@ def run(argv: Sequence[str] | None = None) -> int:
             return 130
     elif args.verb == "evaluate":
         api.evaluate(
-            args.checkpoint, args.data, split=args.split, seq_len=args.seq_len, max_windows=args.max_windows,
-            text_mode=args.text_mode, console=console,
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            seq_len=args.seq_len,
+            max_windows=args.max_windows,
+            text_mode=args.text_mode,
+            console=console,
         )
     elif args.verb == "generate":
         for i in range(args.samples):
             text = api.generate(
-                args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, seed=args.seed + i,
+                args.checkpoint,
+                args.prompt,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=args.seed + i,
             )
             print(args.prompt + text)
             if i + 1 < args.samples:

@@ -44,7 +44,7 @@ def run_quickstart(out: Path, minutes: float, console: Console) -> Path:
     config = load_config(
         PretrainConfig, RECIPE, {"data": {"shards": str(shards_dir)}, "run": {"out_dir": str(out), "name": "pretrain"}}
     )
-    steps = steps_for_minutes(config, minutes, console)
+    steps = steps_for_minutes(config, minutes)
     config = load_config(PretrainConfig, None, merge(to_dict(config), {"train": {"steps": steps}}))
     console.print(f"3/4 pretrain: {steps} steps (about {minutes:g} min on this machine)")
     shutil.rmtree(out / "pretrain", ignore_errors=True)

@@ -185,9 +185,7 @@ def _check_splits(stats: dict[str, SplitStats], cfg: PrepareConfig, val_inputs: 
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def _get_tokenizer(
-    cfg: PrepareConfig, sources: list[Source], options: ReadOptions, hashed: bool
-) -> Tokenizer:
+def _get_tokenizer(cfg: PrepareConfig, sources: list[Source], options: ReadOptions, hashed: bool) -> Tokenizer:
     if cfg.tokenizer.path:
         return load_tokenizer(cfg.tokenizer.path)
     seen = SkipLog()  # the encoding pass counts skips; this pass only needs them for an empty corpus

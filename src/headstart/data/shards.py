@@ -117,9 +117,7 @@ class ShardWriter:
         self._files["train"].truncate(n_train * item)
         self._files["train"].seek(n_train * item)
         self.stats["val"] = SplitStats(n_val, eods, moved_bytes)
-        self.stats["train"] = SplitStats(
-            n_train, train.documents - eods + cut_mid_document, train.bytes - moved_bytes
-        )
+        self.stats["train"] = SplitStats(n_train, train.documents - eods + cut_mid_document, train.bytes - moved_bytes)
 
     def commit(self, tokenizer_json: str, meta: dict[str, Any]) -> Path:
         """Write meta.json (``meta`` plus format, dtype and split stats) and the tokenizer; swap into place.
@@ -139,9 +137,7 @@ class ShardWriter:
             "dtype": dtype_name,
             "splits": splits,
         } | meta
-        (self.tmp / META_FILE).write_text(
-            json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        (self.tmp / META_FILE).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (self.tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
         if self.out.exists():
@@ -187,9 +183,7 @@ class TokenShards:
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
-            raise HeadstartError(
-                f"shards {self.path}: no split {name!r}; expected one of {', '.join(SPLITS)}"
-            )
+            raise HeadstartError(f"shards {self.path}: no split {name!r}; expected one of {', '.join(SPLITS)}")
         return self.train if name == "train" else self.val
 
 
@@ -209,9 +203,7 @@ def open_shards(path: str | Path) -> TokenShards:
         for key in ("vocab_size", "eod_id", "tokenizer_hash"):
             meta[key]
     except (ValueError, KeyError, TypeError) as exc:
-        raise HeadstartError(
-            f"shards {meta_path}: unreadable or incomplete ({type(exc).__name__}: {exc})"
-        ) from None
+        raise HeadstartError(f"shards {meta_path}: unreadable or incomplete ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT or version != FORMAT_VERSION:
         raise HeadstartError(
             f"shards {root}: format {meta.get('format')!r} version {version!r}; "

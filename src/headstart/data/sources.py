@@ -123,8 +123,7 @@ def resolve_inputs(inputs: Sequence[str], skips: SkipLog | None = None) -> list[
             found = _walk(path, skips)
             if not found:
                 raise HeadstartError(
-                    f"input {item}: the directory holds no files ending in "
-                    f"{', '.join(DIRECTORY_SUFFIXES)} (.gz ok)"
+                    f"input {item}: the directory holds no files ending in {', '.join(DIRECTORY_SUFFIXES)} (.gz ok)"
                 )
             sources.extend(found)
         elif path.is_file():
@@ -152,9 +151,7 @@ def _file_source(path: Path) -> Source:
     inner = path.name.removesuffix(".gz")
     if inner.endswith(".parquet"):
         if gz:
-            raise HeadstartError(
-                f"input {path}: gzip-compressed Parquet is not supported; expected a plain .parquet"
-            )
+            raise HeadstartError(f"input {path}: gzip-compressed Parquet is not supported; expected a plain .parquet")
         return Source(str(path), "parquet")
     kind: SourceKind = "jsonl" if inner.endswith(JSONL_SUFFIXES) else "text"
     return Source(str(path), kind, gz)
@@ -190,9 +187,7 @@ def _open(source: Source) -> IO[bytes]:
     return gzip.open(source.path, "rb") if source.gz else open(source.path, "rb")
 
 
-def _decode(
-    raw: bytes, where: str, first_line: int | None, options: ReadOptions, skips: SkipLog
-) -> str | None:
+def _decode(raw: bytes, where: str, first_line: int | None, options: ReadOptions, skips: SkipLog) -> str | None:
     """UTF-8 text, or None (counted) when it is invalid and the policy is to skip.
 
     ``first_line`` numbers the lines of ``raw`` so the error names the bad one (None: no lines).
@@ -205,8 +200,7 @@ def _decode(
             place = f"{where}:{first_line + raw.count(NEWLINE, 0, exc.start)}"
         if options.invalid_utf8 == "fail":
             raise HeadstartError(
-                f"{place}: invalid UTF-8 (byte 0x{raw[exc.start]:02x}); expected UTF-8 text "
-                "(or set invalid_utf8=skip)"
+                f"{place}: invalid UTF-8 (byte 0x{raw[exc.start]:02x}); expected UTF-8 text (or set invalid_utf8=skip)"
             ) from None
         skips.add("invalid UTF-8", place)
         return None
@@ -267,9 +261,7 @@ def _field(record: dict[str, Any], name: str, where: str, skips: SkipLog) -> str
         return None
     value = record[name]
     if not isinstance(value, str):
-        skips.add(
-            f"field {name!r} is not a string ({_JSON_TYPES.get(type(value), type(value).__name__)})", where
-        )
+        skips.add(f"field {name!r} is not a string ({_JSON_TYPES.get(type(value), type(value).__name__)})", where)
         return None
     return value
 
@@ -290,8 +282,7 @@ def _read_jsonl(source: Source, options: ReadOptions, skips: SkipLog) -> Iterato
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise HeadstartError(
-                    f"{where}: malformed JSON ({exc.msg}, column {exc.colno}); "
-                    "expected one JSON object per line"
+                    f"{where}: malformed JSON ({exc.msg}, column {exc.colno}); expected one JSON object per line"
                 ) from None
             if not isinstance(record, dict):
                 kind = _JSON_TYPES.get(type(record), type(record).__name__)
@@ -374,9 +365,7 @@ def _hf_rows(path: str, options: ReadOptions) -> Iterator[dict[str, Any]]:
         raise HeadstartError(f"hf:{path}: not a directory written by save_to_disk") from None
     if isinstance(ds, datasets.DatasetDict):
         if options.hf_split not in ds:
-            raise HeadstartError(
-                f"hf:{path}: no split {options.hf_split!r} (splits: {', '.join(ds)}); set hf_split"
-            )
+            raise HeadstartError(f"hf:{path}: no split {options.hf_split!r} (splits: {', '.join(ds)}); set hf_split")
         ds = ds[options.hf_split]
     name = options.parquet_column
     if name not in ds.column_names:

@@ -49,9 +49,7 @@ def iter_stdlib_files(root: Path | None = None, packages: Iterable[str] | None =
     wanted = set(packages) if packages is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in EXCLUDED_DIRS and not d.startswith(("config-", "."))
-        )
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS and not d.startswith(("config-", ".")))
         for name in sorted(filenames):
             path = here / name
             if name.endswith(".py") and (wanted is None or _module_name(path, root).split(".")[0] in wanted):
@@ -74,9 +72,7 @@ def _read_source(path: Path) -> str | None:
         return None
 
 
-def iter_stdlib_sources(
-    root: Path | None = None, packages: Iterable[str] | None = None
-) -> Iterator[dict[str, str]]:
+def iter_stdlib_sources(root: Path | None = None, packages: Iterable[str] | None = None) -> Iterator[dict[str, str]]:
     """One record per file: ``{"text": source, "module": "json.decoder", "package": "json", "path": ...}``."""
     root = root or stdlib_root()
     for path in iter_stdlib_files(root, packages):
@@ -91,9 +87,7 @@ def iter_stdlib_sources(
             }
 
 
-def iter_stdlib_docstrings(
-    root: Path | None = None, packages: Iterable[str] | None = None
-) -> Iterator[dict[str, str]]:
+def iter_stdlib_docstrings(root: Path | None = None, packages: Iterable[str] | None = None) -> Iterator[dict[str, str]]:
     """Module, class and function docstrings (methods included, nested functions not).
 
     Records look like ``{"text": doc, "package": "json", "module": "json.decoder",
@@ -137,9 +131,7 @@ def write_stdlib_corpus(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"stdlib_{what}.jsonl"
     tmp = path.with_name(path.name + ".tmp")
-    records = (
-        iter_stdlib_sources(root, packages) if what == "source" else iter_stdlib_docstrings(root, packages)
-    )
+    records = iter_stdlib_sources(root, packages) if what == "source" else iter_stdlib_docstrings(root, packages)
     with open(tmp, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -69,9 +69,7 @@ def train_tokenizer(docs: Iterable[str] | Iterable[list[str]], cfg: TokenizerCon
             "(256 bytes + 6 special tokens)"
         )
     if cfg.kind == "wordpiece" and cfg.vocab_size <= len(SPECIAL_TOKENS):
-        raise HeadstartError(
-            f"tokenizer.vocab_size={cfg.vocab_size}: expected more than {len(SPECIAL_TOKENS)}"
-        )
+        raise HeadstartError(f"tokenizer.vocab_size={cfg.vocab_size}: expected more than {len(SPECIAL_TOKENS)}")
     if cfg.kind == "char":
         tok = _char_tokenizer(docs)
     else:
@@ -155,9 +153,7 @@ def tokenizer_from_str(text: str) -> Tokenizer:
 
 def tokenizer_hash(tok: Tokenizer) -> str:
     """sha256 of the tokenizer's canonical JSON (sorted keys), stable across save/load."""
-    canonical = json.dumps(
-        json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -166,9 +162,7 @@ def tokenizer_kind(tok: Tokenizer) -> str:
     model = json.loads(tok.to_str())["model"]
     if model["type"] == "BPE" and not model.get("merges") and model.get("byte_fallback"):
         return "char"
-    return {"BPE": "bpe", "Unigram": "unigram", "WordPiece": "wordpiece"}.get(
-        model["type"], model["type"].lower()
-    )
+    return {"BPE": "bpe", "Unigram": "unigram", "WordPiece": "wordpiece"}.get(model["type"], model["type"].lower())
 
 
 @dataclass(frozen=True)

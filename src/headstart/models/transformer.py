@@ -173,9 +173,7 @@ class Transformer(nn.Module):
         """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is True on real tokens."""
         length = idx.size(1)
         if length > self.config.context:
-            raise HeadstartError(
-                f"input of {length} tokens: longer than the model's context of {self.config.context}"
-            )
+            raise HeadstartError(f"input of {length} tokens: longer than the model's context of {self.config.context}")
         rotation = self.rotation[:length]
         mask = None
         if padding_mask is not None:

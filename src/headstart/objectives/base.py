@@ -21,7 +21,9 @@ class Objective(Protocol):
 
     def make_batch(self, windows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Input tokens the batch processes (for tokens/s)."""

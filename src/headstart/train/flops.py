@@ -74,9 +74,7 @@ def measure_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 102
 
 def peak_flops(dtype: torch.dtype, device: torch.device) -> float:
     """The measured peak, cached on disk (one probe per machine, precision and thread count)."""
-    key = json.dumps(
-        [_device_name(device), str(dtype), torch.get_num_threads(), torch.__version__, os.cpu_count()]
-    )
+    key = json.dumps([_device_name(device), str(dtype), torch.get_num_threads(), torch.__version__, os.cpu_count()])
     path = _cache_dir() / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         return float(json.loads(path.read_text())["flops"])

@@ -70,7 +70,11 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if peak_flops(torch.bfloat16, device) > 1.2 * peak_flops(torch.float32, device) else torch.float32
+    return (
+        torch.bfloat16
+        if peak_flops(torch.bfloat16, device) > 1.2 * peak_flops(torch.float32, device)
+        else torch.float32
+    )
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:

@@ -53,9 +53,7 @@ def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfi
         )
     model = resolve(replace(model, vocab_size=info.vocab_size, causal=config.objective.name == "clm"))
     if config.train.seq_len > model.context:
-        raise HeadstartError(
-            f"train.seq_len={config.train.seq_len}: longer than model.context={model.context}"
-        )
+        raise HeadstartError(f"train.seq_len={config.train.seq_len}: longer than model.context={model.context}")
     for name in ("steps", "batch_size", "grad_accum", "seq_len"):
         if getattr(config.train, name) < 1:
             raise HeadstartError(f"train.{name}={getattr(config.train, name)}: expected a positive integer")
@@ -133,8 +131,7 @@ def pretrain(
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
     model = Transformer(config.model)
-    if not quiet:
-        describe(model, config, console)
+    describe(model, config, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(config)
     save_yaml(config, run_dir / "config.yaml")
@@ -178,7 +175,7 @@ def load_pretrained(path: str | Path) -> tuple[Transformer, PretrainConfig, Path
     return model, config, folder
 
 
-def steps_for_minutes(config: PretrainConfig, minutes: float, console: Console | None = None) -> int:
+def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
     """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
     model and data (its directory is removed), so a time budget still gets a complete schedule."""
     probe_steps = 12
@@ -195,7 +192,7 @@ def steps_for_minutes(config: PretrainConfig, minutes: float, console: Console |
     run_dir = Path(probe.run.out_dir) / probe.run.name
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
-        pretrain(probe, console=console, quiet=True)
+        pretrain(probe, console=Console(quiet=True), quiet=True)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

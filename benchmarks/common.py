@@ -63,3 +63,14 @@ def machine() -> dict[str, object]:
         "peak_fp32_gflops": round(peak_flops(torch.float32, cpu) / 1e9),
         "peak_bf16_gflops": round(peak_flops(torch.bfloat16, cpu) / 1e9),
     }
+
+
+def hf_gpt2(vocab: int, n_layer: int, n_head: int, n_embd: int, context: int) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel of a given shape, no dropout, SDPA attention: the baseline."""
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=vocab, n_positions=context, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")

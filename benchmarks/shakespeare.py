@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, machine, shakespeare_char
+from common import CACHE, hf_gpt2, machine, shakespeare_char
 from headstart.config import PretrainConfig, load_config, to_dict
 from headstart.data.shards import open_shards
 from headstart.data.windows import eval_windows
@@ -48,22 +48,8 @@ class GPT2Adapter(nn.Module):
 
     def __init__(self, vocab: int, config: PretrainConfig) -> None:
         super().__init__()
-        import transformers
-
         m = config.model
-        gpt2 = transformers.GPT2Config(
-            vocab_size=vocab,
-            n_positions=m.context,
-            n_embd=m.n_embd,
-            n_layer=m.n_layer,
-            n_head=m.n_head,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        self.model = transformers.GPT2LMHeadModel._from_config(gpt2, attn_implementation="sdpa")
+        self.model = hf_gpt2(vocab, m.n_layer, m.n_head, m.n_embd, m.context)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model.transformer(input_ids=idx).last_hidden_state

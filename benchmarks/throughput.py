@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, machine, shakespeare_char, wikitext_bpe8k
+from common import CACHE, hf_gpt2, machine, shakespeare_char, wikitext_bpe8k
 from headstart.config import ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from headstart.data.shards import open_shards
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
@@ -71,19 +71,7 @@ def hf_model(impl: str, shape: Shape, vocab: int) -> torch.nn.Module:
     import transformers
 
     if impl == "hf-gpt2":
-        config = transformers.GPT2Config(
-            vocab_size=vocab,
-            n_positions=shape.seq_len,
-            n_embd=shape.n_embd,
-            n_layer=shape.n_layer,
-            n_head=shape.n_head,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+        return hf_gpt2(vocab, shape.n_layer, shape.n_head, shape.n_embd, shape.seq_len)
     config = transformers.BertConfig(
         vocab_size=vocab,
         hidden_size=shape.n_embd,

@@ -13,9 +13,8 @@ import matplotlib.pyplot as plt
 
 
 def loss_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
-    """Training loss and validation loss against tokens seen, from a run's metrics.jsonl."""
+    """Training loss and validation loss against the optimizer step, from a run's metrics.jsonl."""
     train_x, train_y, val_x, val_y = [], [], [], []
-    tokens_at: dict[int, int] = {}
     for line in metrics_path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if record.get("split") == "val":
@@ -24,7 +23,6 @@ def loss_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
         elif "loss" in record:
             train_x.append(record["step"])
             train_y.append(record["loss"])
-            tokens_at[record["step"]] = record["tokens"]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.plot(train_x, train_y, label="train loss", color="#4c72b0", linewidth=1.2)
     if val_x:

@@ -159,6 +159,19 @@ def measure(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -> list[f
     return headstart_steps(impl, shape, bf16, steps, run)
 
 
+def data_seconds_per_step(impl: str, shape: Shape, steps: int = 50) -> float:
+    """Median time headstart's data path takes per step (memmap windows → batch, masking included)."""
+    shards = Path(shape.shards)
+    source = TrainWindows(open_shards(shards), shape.seq_len, seed=0)
+    objective = CausalLM() if impl == "headstart-clm" else masked_lm(shards)
+    times = []
+    for step in range(steps):
+        start = time.perf_counter()
+        objective.make_batch(source.batch(step * shape.batch, shape.batch), step_generator(0, step, 0))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def _peak_rss_kib() -> int:
     """This process's peak resident set (VmHWM; unlike ru_maxrss it does not carry the parent's
     peak across exec)."""
@@ -223,10 +236,13 @@ def main() -> None:
             head_fraction = 1.0 if ours == "headstart-clm" else 0.15
             flops = train_flops_per_token(config, shape.seq_len, head_fraction)
             peak = peak_flops(torch.bfloat16 if bf16 else torch.float32, torch.device("cpu"))
+            data_s = data_seconds_per_step(ours, shape)
             row[f"{ours}_vs_{theirs}"] = {
                 "headstart_tokens_per_s": round(tokens_per_s),
                 "baseline_tokens_per_s": round(best[theirs][0]),
                 "ratio": round(tokens_per_s / best[theirs][0], 2),
+                "data_ms_per_step": round(1000 * data_s, 3),
+                "data_share_of_step": round(data_s * tokens_per_s / tokens_per_step, 4),
                 "headstart_mfu": round(tokens_per_s * flops / peak, 3),
             }
         results.append(row)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from headstart.config import PrepareConfig, PretrainConfig, load_config
+from headstart.config import FinetuneConfig, PrepareConfig, PretrainConfig, load_config
 from headstart.data.prepare import PrepareReport
 from headstart.data.prepare import prepare as _prepare
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
@@ -15,6 +15,8 @@ from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate_checkpoint
 from headstart.generate import fill_mask as _fill_mask
 from headstart.generate import sample
+from headstart.train.finetune import FinetuneResult
+from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
 from headstart.train.pretrain import load_pretrained, steps_for_minutes
 from headstart.train.pretrain import pretrain as _pretrain
@@ -49,6 +51,14 @@ def pretrain(
             raise HeadstartError("--minutes with --resume: a resumed run keeps its step count")
         config.train.steps = steps_for_minutes(config, minutes)
     return _pretrain(config, resume=resume, console=console, quiet=quiet)
+
+
+def finetune(
+    recipe: str | FinetuneConfig, overrides: Overrides = None, console: Console | None = None, quiet: bool = False
+) -> FinetuneResult:
+    """Fine-tune a checkpoint (or ``init=scratch``: the same architecture, random init) on a labelled task."""
+    config = recipe if isinstance(recipe, FinetuneConfig) else load_config(FinetuneConfig, recipe, overrides)
+    return _finetune(config, console=console, quiet=quiet)
 
 
 def evaluate(
@@ -113,4 +123,4 @@ def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, consol
     return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True))
 
 
-__all__ = ["evaluate", "fill_mask", "generate", "prepare", "pretrain", "quickstart"]
+__all__ = ["evaluate", "fill_mask", "finetune", "generate", "prepare", "pretrain", "quickstart"]

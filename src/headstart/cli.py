@@ -16,6 +16,7 @@ examples:
   headstart prepare corpus.txt --out data/corpus --tokenizer bpe --vocab-size 8192
   headstart pretrain gpt-tiny data.shards=data/corpus train.steps=2000
   headstart pretrain bert-tiny data.shards=data/corpus --resume
+  headstart finetune sst2 init=runs/mlm-corpus budget=500
   headstart evaluate runs/clm-corpus --data data/corpus
   headstart generate runs/clm-corpus --prompt "def main(" --max-new-tokens 80
   headstart fill-mask runs/mlm-corpus --text "the <mask> sat on the mat"
@@ -72,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--minutes", type=float, help="set train.steps to what fits this wall-time budget here (a short timed probe)"
     )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_overrides(p)
+
+    p = verbs.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint (or the same model from scratch) on a labelled task",
+        description="Text classification from JSONL records (task.train, task.eval); a class-stratified label "
+        "budget drawn from the seed; early stopping on a validation split carved from the budget. "
+        "init=scratch with architecture=CHECKPOINT trains the same architecture from random weights.",
+    )
+    p.add_argument("recipe", help="a shipped recipe name (e.g. sst2) or a YAML file")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     _add_overrides(p)
 
@@ -158,6 +170,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         if result.interrupted:
             console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; rerun with --resume")
             return 130
+    elif args.verb == "finetune":
+        result = api.finetune(args.recipe, args.overrides, console=console, quiet=args.quiet)
+        scores = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        console.print(f"{scores}  (best validation step {result.best_step}; {result.run_dir / 'result.json'})")
     elif args.verb == "evaluate":
         api.evaluate(
             args.checkpoint,

@@ -151,6 +151,38 @@ class PrepareConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
+@dataclass
+class TaskConfig:
+    """A labelled task read from JSONL: ``train`` is budgeted, ``eval`` is the reported set."""
+
+    kind: Literal["classify"] = "classify"
+    train: str = ""
+    eval: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
+    max_len: int = 128
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run: an init (checkpoint or ``scratch``), a task, a label budget, a seed."""
+
+    init: str = "scratch"  # a checkpoint directory, or "scratch": random weights, same architecture
+    architecture: str = ""  # for scratch: the checkpoint whose shape and tokenizer to copy
+    task: TaskConfig = field(default_factory=TaskConfig)
+    budget: int = 0  # labelled examples drawn (class-stratified) from task.train; 0: all
+    val_fraction: float = 0.2  # of the budget, held out to pick the best step (early stopping)
+    pooling: Literal["mean", "cls", "last", "max"] = "mean"
+    freeze_backbone: bool = False  # a linear probe
+    layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=20, min_lr_ratio=0.0))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=300, batch_size=32, eval_every=50, checkpoint_every=0, log_every=10)
+    )
+    run: RunConfig = field(default_factory=RunConfig)
+
+
 # ----------------------------------------------------------------------------- recipes
 
 

@@ -122,6 +122,7 @@ def train_loop(
     flops_per_token: float,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     write_extras: Callable[[Path], None] | None = None,
+    lr_scale: Callable[[str], float] | None = None,
     resume: Path | None = None,
     console: Console | None = None,
     quiet: bool = False,
@@ -131,7 +132,7 @@ def train_loop(
     device = pick_device(train.device)
     dtype = pick_precision(train.precision, device)
     model.to(device)
-    optimizer = build_optimizer(model, optim, device)
+    optimizer = build_optimizer(model, optim, device, lr_scale)
     step, samples_seen, tokens_seen, flops_spent, elapsed_before = 0, 0, 0, 0.0, 0.0
     if resume is not None:
         state = ckpt.load_state(resume)
@@ -208,7 +209,7 @@ def train_loop(
             while step < train.steps:
                 lr = optim.lr * lr_multiplier(step, train.steps, schedule)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 for micro in range(train.grad_accum):
                     raw = source.batch(samples_seen + micro * train.batch_size, train.batch_size)
                     batch = to_device(objective.make_batch(raw, step_generator(train.seed, step, micro)), device)

@@ -1,0 +1,199 @@
+"""Supervised fine-tuning through the one loop: a pretrained checkpoint (or the same
+architecture from random init) + a task head, on a label budget, with early stopping on a
+validation split carved from that budget — never on the set it reports."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from tokenizers import Tokenizer
+
+from headstart.config import FinetuneConfig, PretrainConfig, build, save_yaml, to_dict
+from headstart.data.labelled import LabelledText, read_labelled_jsonl, stratified_budget
+from headstart.data.tokenizers import load_tokenizer, tokenizer_info
+from headstart.errors import HeadstartError
+from headstart.models.heads import SequenceClassifier
+from headstart.models.transformer import Transformer
+from headstart.objectives.classify import Classify, accuracy_and_macro_f1, pad_batch
+from headstart.train import checkpoint as ckpt
+from headstart.train.flops import forward_flops_per_token
+from headstart.train.loop import train_loop
+
+
+@dataclass
+class FinetuneResult:
+    metrics: dict[str, float]  # on the reported set, with the weights of the best validation step
+    best_step: int
+    best_val: float
+    steps: int
+    flops: float
+    run_dir: Path
+
+
+def load_backbone(config: FinetuneConfig) -> tuple[Transformer, Tokenizer]:
+    """The pretrained backbone, or the same architecture freshly initialised from the seed."""
+    source = config.architecture if config.init == "scratch" else config.init
+    if not source:
+        raise HeadstartError("architecture: init=scratch needs a checkpoint whose shape and tokenizer to copy")
+    folder = ckpt.resolve_checkpoint(source)
+    ckpt.verify(folder)
+    pretrained = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
+    torch.manual_seed(config.train.seed)
+    backbone = Transformer(replace(pretrained.model, dropout=0.0))
+    if config.init != "scratch":
+        ckpt.load_weights(folder, backbone)
+    return backbone, load_tokenizer(folder / "tokenizer.json")
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[np.ndarray]:
+    """Token ids with the end-of-document token in front (the start marker both kinds of model saw)."""
+    eod = tokenizer_info(tokenizer).eod_id
+    return [
+        np.array([eod, *enc.ids[: max_len - 1]], dtype=np.int64)
+        for enc in tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
+
+
+class ExampleBatches:
+    """Seeded epoch permutations over the training examples; sample i is a pure function of i."""
+
+    def __init__(self, ids: list[np.ndarray], labels: np.ndarray, pad_id: int, seed: int) -> None:
+        self.ids, self.labels, self.pad_id, self.seed = ids, labels, pad_id, seed
+        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def batch(self, first: int, count: int) -> dict[str, torch.Tensor]:
+        rows = []
+        for index in range(first, first + count):
+            epoch, position = divmod(index, len(self.ids))
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+            rows.append(int(self._order[position]))
+        ids, mask = pad_batch([self.ids[r] for r in rows], self.pad_id)
+        return {"input": ids, "mask": mask, "label": torch.from_numpy(self.labels[rows])}
+
+
+@torch.no_grad()
+def predict(model: SequenceClassifier, ids: list[np.ndarray], pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Class predictions, batched by length so little is spent on padding."""
+    device = next(model.parameters()).device
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    predicted = np.empty(len(ids), dtype=np.int64)
+    for start in range(0, len(ids), batch_size):
+        rows = order[start : start + batch_size]
+        batch, mask = pad_batch([ids[r] for r in rows], pad_id)
+        predicted[rows] = model(batch.to(device), mask.to(device)).argmax(-1).cpu().numpy()
+    return predicted
+
+
+def layer_scale(depth: int, decay: float):
+    """lr scale by parameter name: the head 1, block l decay^(depth − l), the embedding decay^(depth + 1)."""
+
+    def scale(name: str) -> float:
+        if not name.startswith("backbone."):
+            return 1.0
+        parts = name.split(".")
+        if parts[1] == "blocks":
+            return decay ** (depth - int(parts[2]))
+        if parts[1] == "norm":
+            return 1.0
+        return decay ** (depth + 1)
+
+    return scale
+
+
+def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool = False) -> FinetuneResult:
+    console = console or Console(stderr=True)
+    task = config.task
+    if task.kind != "classify":
+        raise HeadstartError(f"task.kind={task.kind!r}: expected classify")
+    if not task.train or not task.eval:
+        raise HeadstartError("task.train and task.eval: expected JSONL files of labelled records")
+    backbone, tokenizer = load_backbone(config)
+    if task.max_len > backbone.config.context:
+        raise HeadstartError(
+            f"task.max_len={task.max_len}: longer than the model's context of {backbone.config.context}"
+        )
+    train_data = read_labelled_jsonl(task.train, task.text_field, task.label_field)
+    eval_data = read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=train_data.classes)
+    chosen = stratified_budget(train_data.labels, config.budget, config.train.seed)
+    fit, held = split_validation(train_data, chosen, config.val_fraction, config.train.seed)
+    pad_id = tokenizer_info(tokenizer).pad_id
+    fit_ids = encode(tokenizer, [train_data.texts[i] for i in fit], task.max_len)
+    held_ids = encode(tokenizer, [train_data.texts[i] for i in held], task.max_len)
+    eval_ids = encode(tokenizer, eval_data.texts, task.max_len)
+
+    model = SequenceClassifier(backbone, len(train_data.classes), config.pooling)
+    if config.freeze_backbone:
+        backbone.requires_grad_(False)
+    name = config.run.name or f"finetune-{Path(config.init).name}-{config.budget}-{config.train.seed}"
+    run_dir = Path(config.run.out_dir) / name
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fine-tune is short: rerun, not resumed
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "config.yaml")
+
+    best: dict[str, object] = {"score": -1.0, "state": None}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        scores = accuracy_and_macro_f1(
+            predict(model, held_ids, pad_id), train_data.labels[held], len(train_data.classes)
+        )
+        if scores["accuracy"] > float(best["score"]):  # the first best: the earliest step that reached it
+            best.update(score=scores["accuracy"], state=copy.deepcopy(model.state_dict()))
+        return {f"val_{k}": v for k, v in scores.items()}
+
+    flops_per_token = 3 * forward_flops_per_token(backbone.config, task.max_len, head_fraction=0.0)
+    result = train_loop(
+        model,
+        Classify(),
+        ExampleBatches(fit_ids, train_data.labels[fit], pad_id, config.train.seed),
+        config.train,
+        config.optim,
+        config.schedule,
+        run_dir,
+        to_dict(config),
+        flops_per_token,
+        evaluate=evaluate,
+        lr_scale=layer_scale(backbone.config.n_layer, config.layer_decay) if config.layer_decay != 1.0 else None,
+        console=console,
+        quiet=quiet,
+    )
+    model.load_state_dict(best["state"])  # type: ignore[arg-type]
+    model.eval()
+    metrics = accuracy_and_macro_f1(predict(model, eval_ids, pad_id), eval_data.labels, len(train_data.classes))
+    val_records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val_' in x]
+    best_step = next(r["step"] for r in val_records if r["val_accuracy"] == best["score"])
+    summary = {
+        "init": config.init,
+        "budget": len(chosen),
+        "seed": config.train.seed,
+        "best_step": best_step,
+        "best_val_accuracy": best["score"],
+        "steps": result.step,
+        "flops": result.flops,
+        **metrics,
+    }
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return FinetuneResult(metrics, best_step, float(best["score"]), result.step, result.flops, run_dir)
+
+
+def split_validation(
+    data: LabelledText, chosen: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a class-stratified validation split from the budget (at least one example per class)."""
+    n_classes = len(data.classes)
+    size = max(n_classes, round(fraction * len(chosen)))
+    if len(chosen) - size < n_classes:
+        raise HeadstartError(
+            f"budget {len(chosen)}: too small to hold out {size} validation examples and still train on every class"
+        )
+    held_local = stratified_budget(data.labels[chosen], size, seed + 7919)
+    mask = np.zeros(len(chosen), dtype=bool)
+    mask[held_local] = True
+    return chosen[~mask], chosen[mask]

@@ -1,0 +1,112 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from headstart import api
+from headstart.data.labelled import read_labelled_jsonl, stratified_budget
+from headstart.errors import HeadstartError
+from headstart.models.heads import pool
+from headstart.objectives.classify import accuracy_and_macro_f1
+from headstart.train.finetune import layer_scale
+
+POSITIVE = "good great fine lovely superb".split()
+NEGATIVE = "bad awful poor dreadful terrible".split()
+FILLER = "the cat sat on a mat while dogs ran far away".split()
+
+
+def write_task(path, n, seed):
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = [*rng.choices(FILLER, k=6), rng.choice(POSITIVE if label else NEGATIVE)]
+            rng.shuffle(words)
+            handle.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+    return path
+
+
+def test_budgets_are_stratified_deterministic_and_checked():
+    labels = np.array([0] * 80 + [1] * 20)
+    a = stratified_budget(labels, 10, seed=3)
+    assert len(a) == 10 and len(set(a)) == 10
+    assert (labels[a] == 1).sum() == 2
+    assert np.array_equal(a, stratified_budget(labels, 10, seed=3))
+    assert not np.array_equal(a, stratified_budget(labels, 10, seed=4))
+    assert (labels[stratified_budget(labels, 3, seed=0)] == 1).sum() >= 1  # every class when the budget allows
+    assert len(stratified_budget(labels, 0, seed=0)) == 100
+    with pytest.raises(HeadstartError, match="larger than the 100"):
+        stratified_budget(labels, 101, seed=0)
+
+
+def test_labels_outside_the_training_label_set_are_errors(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    data = read_labelled_jsonl(train)
+    assert data.classes == ["neg", "pos"] and data.labels.tolist() == [1, 0]
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text('{"text": "c", "label": "neutral"}\n')
+    with pytest.raises(HeadstartError, match="outside the label set"):
+        read_labelled_jsonl(dev, classes=data.classes)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(HeadstartError, match="no records"):
+        read_labelled_jsonl(empty)
+
+
+def test_pooling_ignores_padding():
+    hidden = torch.arange(12, dtype=torch.float).view(1, 4, 3)
+    mask = torch.tensor([[True, True, False, False]])
+    assert torch.equal(pool(hidden, mask, "mean"), hidden[0, :2].mean(0, keepdim=True))
+    assert torch.equal(pool(hidden, mask, "last"), hidden[:, 1])
+    assert torch.equal(pool(hidden, mask, "cls"), hidden[:, 0])
+    assert torch.equal(pool(hidden, mask, "max"), hidden[:, 1])
+
+
+def test_macro_f1_and_layer_scales():
+    scores = accuracy_and_macro_f1(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
+    assert scores["accuracy"] == 0.75
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    scale = layer_scale(depth=2, decay=0.5)
+    assert scale("head.weight") == 1.0
+    assert scale("backbone.blocks.1.mlp.up.weight") == 0.5
+    assert scale("backbone.blocks.0.mlp.up.weight") == 0.25
+    assert scale("backbone.embed.weight") == 0.125
+
+
+def test_finetune_pretrained_and_scratch_learn_the_task(tiny_shards, tmp_path):
+    pretrained = api.pretrain(
+        "bert-tiny",
+        [f"data.shards={tiny_shards}", f"run.out_dir={tmp_path}", "run.name=p", "model.n_layer=2",
+         "model.n_embd=32", "model.n_head=2", "model.context=32", "train.seq_len=32", "train.batch_size=4",
+         "train.steps=10", "train.eval_every=0", "train.precision=fp32"],
+        quiet=True,
+    )  # fmt: skip
+    train, dev = write_task(tmp_path / "train.jsonl", 300, 0), write_task(tmp_path / "dev.jsonl", 100, 1)
+    common = [
+        f"task.train={train}", f"task.eval={dev}", "task.max_len=16", f"run.out_dir={tmp_path}", "budget=200",
+        "train.steps=60", "train.eval_every=20", "train.precision=fp32", "optim.lr=3e-3",
+    ]  # fmt: skip
+    tuned = api.finetune("sst2", [*common, f"init={pretrained.checkpoint}"], quiet=True)
+    scratch = api.finetune("sst2", [*common, "init=scratch", f"architecture={pretrained.checkpoint}"], quiet=True)
+    for result in (tuned, scratch):
+        assert result.metrics["accuracy"] > 0.8
+        assert result.best_step in (20, 40, 60)
+        saved = json.loads((result.run_dir / "result.json").read_text())
+        assert saved["budget"] == 200 and saved["accuracy"] == result.metrics["accuracy"]
+    probe = api.finetune(
+        "sst2", [*common, f"init={pretrained.checkpoint}", "freeze_backbone=true", "run.name=probe"], quiet=True
+    )
+    from safetensors.torch import load_file
+
+    weights = load_file(str(next((probe.run_dir / "checkpoints").iterdir()) / "model.safetensors"))
+    original = load_file(str(pretrained.checkpoint / "model.safetensors"))
+    assert torch.equal(weights["backbone.embed.weight"], original["embed.weight"])  # the backbone stayed frozen
+
+
+def test_finetune_input_errors(tiny_shards, tmp_path):
+    train = write_task(tmp_path / "train.jsonl", 20, 0)
+    with pytest.raises(HeadstartError, match="needs a checkpoint"):
+        api.finetune("sst2", [f"task.train={train}", f"task.eval={train}", "init=scratch"], quiet=True)

@@ -39,10 +39,10 @@ def main() -> None:
         results[objective] = {
             "recipe": recipe,
             "steps": result.step,
-            "tokens": result.tokens_seen,
+            "train_tokens": result.tokens_seen,
             "wall_minutes": round(result.elapsed_s / 60, 1),
             "pretrain_flops": result.flops,
-            **{k: round(v, 4) for k, v in scores.items()},
+            **{f"eval_{k}" if k in ("windows", "tokens") else k: round(v, 4) for k, v in scores.items()},
         }
         print(json.dumps({objective: results[objective]}))
     print(json.dumps({"case": "wikitext2-bpe8k", "minutes": args.minutes, "results": results, "machine": facts}))

@@ -77,17 +77,26 @@ class Norm(nn.Module):
 
 
 def rotary_table(head_dim: int, length: int, theta: float) -> torch.Tensor:
-    """Unit complex numbers e^{i·pos·θ_j} for each position and pair of channels."""
+    """(cos, sin) of pos·θ_j for each position and pair of channels: (length, head_dim/2, 2),
+    real so that the compiler can use it, laid out so it views as complex e^{i·pos·θ_j}."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1).float()
 
 
 def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2j, 2j+1) by position: one complex multiply, cheaper than the
-    rotate-half formulation's slices, concatenation and two real multiplies."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+    """Rotate channel pairs (2j, 2j+1) by position. Eagerly: one complex multiply, cheaper than
+    the rotate-half form's slices, concatenation and two real multiplies. Under torch.compile:
+    the same arithmetic in real numbers, which the compiler can fuse (it does not fuse complex)."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    rotation = rotation.float()
+    if torch.compiler.is_compiling():
+        cos, sin = rotation[..., 0], rotation[..., 1]
+        even, odd = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)
+    else:
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotation))
+    return rotated.flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):

@@ -170,6 +170,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         if result.interrupted:
             console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; rerun with --resume")
             return 130
+        console.print(
+            f"{result.step:,} steps, {result.tokens_seen:,} tokens, {result.flops / 1e12:,.1f} TFLOPs in "
+            f"{result.elapsed_s / 60:.1f} min; checkpoint {result.checkpoint}",
+            highlight=False,
+        )
     elif args.verb == "finetune":
         result = api.finetune(args.recipe, args.overrides, console=console, quiet=args.quiet)
         scores = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 
 class MetricsFile:
@@ -54,8 +54,7 @@ class ProgressDisplay:
                 TextColumn("[bold]step"),
                 MofNCompleteColumn(),
                 BarColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),  # its ETA leaves evaluation time out
                 console=console,
                 transient=False,
             )

@@ -85,12 +85,13 @@ def hf_model(impl: str, shape: Shape, vocab: int) -> torch.nn.Module:
     return transformers.BertForMaskedLM._from_config(config, attn_implementation="sdpa")
 
 
-def hf_steps(impl: str, shape: Shape, bf16: bool, steps: int, first_sample: int) -> list[float]:
+def hf_steps(impl: str, shape: Shape, bf16: bool, steps: int, first_sample: int, compile: bool) -> list[float]:
     """Seconds per step of a plain PyTorch loop over a transformers model."""
     shards = Path(shape.shards)
     vocab = open_shards(shards).vocab_size
     torch.manual_seed(0)
     model = hf_model(impl, shape, vocab).train()
+    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
     source = TrainWindows(open_shards(shards), shape.seq_len, seed=0)
     objective = CausalLM() if impl == "hf-gpt2" else masked_lm(shards)
@@ -102,11 +103,11 @@ def hf_steps(impl: str, shape: Shape, bf16: bool, steps: int, first_sample: int)
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if impl == "hf-gpt2":
-                logits = model(input_ids=batch["input"]).logits
+                logits = forward(input_ids=batch["input"]).logits
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten())
             else:
                 labels = batch["target"].masked_fill(~batch["selected"], -100)
-                loss = model(input_ids=batch["input"], labels=labels).loss
+                loss = forward(input_ids=batch["input"], labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -115,7 +116,7 @@ def hf_steps(impl: str, shape: Shape, bf16: bool, steps: int, first_sample: int)
     return times
 
 
-def headstart_steps(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -> list[float]:
+def headstart_steps(impl: str, shape: Shape, bf16: bool, steps: int, run: int, compile: bool) -> list[float]:
     """Seconds per step of headstart's own loop (data loading, logging and all), from its metrics."""
     shards = Path(shape.shards)
     vocab = open_shards(shards).vocab_size
@@ -134,6 +135,7 @@ def headstart_steps(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -
         checkpoint_every=0,
         log_every=log_every,
         keep_checkpoints=1,
+        compile=compile,
     )
     run_dir = CACHE / "throughput-runs" / f"{impl}-{shape.name}-{run}"
     train_loop(
@@ -153,10 +155,10 @@ def headstart_steps(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -
     return [tokens_per_step / r["tokens_per_s"] for r in records if "tokens_per_s" in r for _ in range(log_every)]
 
 
-def measure(impl: str, shape: Shape, bf16: bool, steps: int, run: int) -> list[float]:
+def measure(impl: str, shape: Shape, bf16: bool, steps: int, run: int, compile: bool = False) -> list[float]:
     if impl.startswith("hf-"):
-        return hf_steps(impl, shape, bf16, steps, first_sample=run * steps * shape.batch)
-    return headstart_steps(impl, shape, bf16, steps, run)
+        return hf_steps(impl, shape, bf16, steps, run * steps * shape.batch, compile)
+    return headstart_steps(impl, shape, bf16, steps, run, compile)
 
 
 def data_seconds_per_step(impl: str, shape: Shape, steps: int = 50) -> float:
@@ -181,21 +183,25 @@ def _peak_rss_kib() -> int:
     return 0
 
 
-def _memory_child(impl: str, shape: Shape, bf16: bool, queue: mp.Queue) -> None:
+def _memory_child(impl: str, shape: Shape, setting: tuple[bool, bool], queue: mp.Queue) -> None:
     before = _peak_rss_kib()
-    measure(impl, shape, bf16, steps=6, run=99)
+    measure(impl, shape, setting[0], steps=6, run=99, compile=setting[1])
     queue.put((_peak_rss_kib() - before) / 1024)
 
 
-def peak_memory_mib(impl: str, shape: Shape, bf16: bool) -> float:
+def peak_memory_mib(impl: str, shape: Shape, setting: tuple[bool, bool]) -> float:
     """Growth of the peak resident set while building and training the model, in a fresh process."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_memory_child, args=(impl, shape, bf16, queue))
+    process = context.Process(target=_memory_child, args=(impl, shape, setting, queue))
     process.start()
     value = queue.get()
     process.join()
     return round(value, 1)
+
+
+def label(setting: tuple[bool, bool]) -> str:
+    return ("bf16" if setting[0] else "fp32") + ("_compiled" if setting[1] else "")
 
 
 def main() -> None:
@@ -203,7 +209,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved blocks per model")
     parser.add_argument("--steps", type=int, default=20, help="steps per block (the first 5 are warm-up)")
     parser.add_argument("--shapes", default="small,large")
+    parser.add_argument("--compile", action="store_true", help="also time every model under torch.compile (fp32)")
     args = parser.parse_args()
+    settings = [(False, False), (True, False)] + ([(False, True)] if args.compile else [])  # (bf16, compile)
     shapes = {
         "small": Shape("small", 4, 4, 128, 64, 12, str(shakespeare_char())),
         "large": Shape("large", 6, 6, 384, 256, 8, str(wikitext_bpe8k())),
@@ -213,25 +221,24 @@ def main() -> None:
     results = []
     for shape in (shapes[name] for name in args.shapes.split(",")):
         vocab = open_shards(shape.shards).vocab_size
-        timings: dict[tuple[str, bool], list[float]] = {(i, p): [] for i in IMPLS for p in (False, True)}
+        timings: dict[tuple[str, tuple[bool, bool]], list[float]] = {(i, s): [] for i in IMPLS for s in settings}
         for run in range(args.repeats):
-            for key in timings:
-                timings[key] += measure(key[0], shape, key[1], args.steps, run)[5:]
+            for impl, setting in timings:
+                timings[(impl, setting)] += measure(impl, shape, setting[0], args.steps, run, setting[1])[5:]
         tokens_per_step = shape.batch * shape.seq_len
         row: dict[str, object] = {"case": shape.name, "shape": {**shape.__dict__, "vocab": vocab}}
         best = {}
         for impl in IMPLS:
-            options = {p: tokens_per_step / statistics.median(timings[(impl, p)]) for p in (False, True)}
-            bf16 = options[True] > options[False]
-            best[impl] = (options[bf16], bf16)
+            options = {s: tokens_per_step / statistics.median(timings[(impl, s)]) for s in settings}
+            fastest = max(options, key=options.__getitem__)
+            best[impl] = (options[fastest], fastest)
             row[impl] = {
-                "tokens_per_s_fp32": round(options[False]),
-                "tokens_per_s_bf16": round(options[True]),
-                "best": "bf16" if bf16 else "fp32",
-                "peak_memory_mib": peak_memory_mib(impl, shape, bf16),
+                **{f"tokens_per_s_{label(s)}": round(v) for s, v in options.items()},
+                "best": label(fastest),
+                "peak_memory_mib": peak_memory_mib(impl, shape, fastest),
             }
         for ours, theirs in (("headstart-clm", "hf-gpt2"), ("headstart-mlm", "hf-bert")):
-            tokens_per_s, bf16 = best[ours]
+            tokens_per_s, (bf16, _) = best[ours]
             config = model_config(shape, vocab, ours == "headstart-clm")
             head_fraction = 1.0 if ours == "headstart-clm" else 0.15
             flops = train_flops_per_token(config, shape.seq_len, head_fraction)

@@ -8,39 +8,10 @@ from headstart.data.prepare import prepare
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "while",
-    "dogs",
-    "ran",
-    "far",
-    "away",
-    "from",
-    "home",
-    "and",
-    "birds",
-    "sang",
-    "over",
-    "green",
-    "hills",
-    "under",
-    "blue",
-    "skies",
-    "near",
-    "rivers",
-    "where",
-    "fish",
-    "swim",
-    "slowly",
-    "past",
-    "old",
-    "stones",
-]
+WORDS = (
+    "the cat sat on a mat while dogs ran far away from home and birds sang over green hills "
+    "under blue skies near rivers where fish swim slowly past old stones"
+).split()
 
 
 def make_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:

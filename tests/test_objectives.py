@@ -4,7 +4,10 @@ import torch
 from headstart.config import ModelConfig
 from headstart.models.transformer import Transformer
 from headstart.objectives.clm import CausalLM
+from headstart.config import ModelConfig
+from headstart.models.transformer import Transformer
 from headstart.objectives.mlm import MaskedLM
+from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection
 
 MASK, PAD, EOD = 1, 2, 0
 
@@ -67,3 +70,25 @@ def test_mlm_loss_scores_only_selected_positions():
     expected = torch.nn.functional.cross_entropy(logits, batch["target"][batch["selected"]])
     assert torch.allclose(loss, expected, atol=1e-5)
     assert 0.0 <= float(extra["masked_accuracy"]) <= 1.0
+
+
+def test_rtd_replaces_only_masked_positions_and_learns_to_detect():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=40, n_layer=2, n_head=2, n_embd=32, context=16, causal=False)
+    pair = ElectraPair(Transformer(config), generator_layers=1)
+    assert pair.generator.embed is pair.discriminator.embed  # one shared embedding
+    objective = ReplacedTokenDetection(vocab_size=40, mask_id=2, special_ids=range(6), mask_prob=0.3)
+    windows = torch.randint(6, 40, (8, 17), generator=torch.Generator().manual_seed(1))
+    batch = objective.make_batch(windows, torch.Generator().manual_seed(2))
+    assert torch.equal(batch["input"][batch["selected"]], torch.full_like(batch["input"][batch["selected"]], 2))
+    assert torch.equal(batch["input"][~batch["selected"]], windows[:, :-1][~batch["selected"]])
+    optimizer = torch.optim.AdamW(pair.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, metrics = objective.loss(pair, batch)
+        first = first if first is not None else float(metrics["detection_loss"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert 0.0 < float(metrics["replaced_fraction"]) <= float(batch["selected"].float().mean())
+    assert float(metrics["detection_loss"]) < 0.5 * first

@@ -148,6 +148,9 @@ def test_evaluate_generate_fill_mask(tiny_shards, tmp_path):
     predictions = api.fill_mask(mlm.checkpoint, "the cat <mask> on a mat", top_k=3)
     assert len(predictions) == 1 and len(predictions[0]) == 3
     assert sum(p for _, p in predictions[0]) <= 1.0 + 1e-6
+    electra = run(tiny_shards, tmp_path, "e", ["train.steps=30", "objective.generator_layers=1"], recipe="electra-tiny")
+    assert "val_detection_accuracy" in electra.last_eval and "val_ppl" not in electra.last_eval
+    assert len(api.fill_mask(electra.checkpoint, "the cat <mask> on a mat", top_k=2)[0]) == 2  # by its generator
 
 
 @pytest.mark.slow

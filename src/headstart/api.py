@@ -18,7 +18,9 @@ from headstart.generate import sample
 from headstart.train.finetune import FinetuneResult
 from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
+from headstart.objectives.rtd import ElectraPair
 from headstart.train.pretrain import load_pretrained, steps_for_minutes
+from headstart.objectives.rtd import ElectraPair
 from headstart.train.pretrain import pretrain as _pretrain
 
 Overrides = list[str] | dict[str, Any] | None
@@ -105,6 +107,8 @@ def generate(
 def fill_mask(checkpoint: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """Top predictions (token text, probability) for each ``<mask>`` in ``text``."""
     model, _, folder = load_pretrained(checkpoint)
+    if isinstance(model, ElectraPair):  # ELECTRA's generator is its masked LM
+        model = model.generator
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     info = tokenizer_info(tokenizer)
     ids: list[int] = []

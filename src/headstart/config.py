@@ -45,11 +45,14 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What the run optimises: causal LM (``clm``) or masked LM (``mlm``)."""
+    """What the run optimises: causal LM (``clm``), masked LM (``mlm``) or replaced-token
+    detection (``rtd``, ELECTRA: masked positions filled by a small generator)."""
 
-    name: Literal["clm", "mlm"] = "clm"
+    name: Literal["clm", "mlm", "rtd"] = "clm"
     mask_prob: float = 0.15
     whole_word: bool = False
+    generator_layers: int = 0  # rtd: the generator's depth; 0: a third of model.n_layer
+    detection_weight: float = 50.0  # rtd: weight of the detection loss against the generator's
 
 
 @dataclass

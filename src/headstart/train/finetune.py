@@ -25,6 +25,7 @@ from headstart.objectives.classify import Classify, accuracy_and_macro_f1, pad_b
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import forward_flops_per_token
 from headstart.train.loop import train_loop
+from headstart.train.pretrain import backbone_of, build_model
 
 
 @dataclass
@@ -46,10 +47,11 @@ def load_backbone(config: FinetuneConfig) -> tuple[Transformer, Tokenizer]:
     ckpt.verify(folder)
     pretrained = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
     torch.manual_seed(config.train.seed)
-    backbone = Transformer(replace(pretrained.model, dropout=0.0))
+    pretrained = replace(pretrained, model=replace(pretrained.model, dropout=0.0))
+    trained = build_model(pretrained)
     if config.init != "scratch":
-        ckpt.load_weights(folder, backbone)
-    return backbone, load_tokenizer(folder / "tokenizer.json")
+        ckpt.load_weights(folder, trained)
+    return backbone_of(trained), load_tokenizer(folder / "tokenizer.json")
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from rich.console import Console
 from tokenizers import Tokenizer
 
@@ -21,8 +22,9 @@ from headstart.models.transformer import Transformer, resolve
 from headstart.objectives.base import Objective
 from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
+from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
 from headstart.train import checkpoint as ckpt
-from headstart.train.flops import forward_flops_per_token, train_flops_per_token
+from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.validate import evaluate_windows
 
@@ -34,13 +36,41 @@ def build_objective(config: PretrainConfig, tokenizer: Tokenizer) -> Objective:
     if config.objective.name == "clm":
         return CausalLM()
     info = tokenizer_info(tokenizer)
-    return MaskedLM(
-        vocab_size=config.model.vocab_size,
-        mask_id=info.mask_id,
-        special_ids=info.special_ids,
-        mask_prob=config.objective.mask_prob,
-        word_start=word_start(tokenizer) if config.objective.whole_word else None,
-    )
+    masking = {
+        "vocab_size": config.model.vocab_size,
+        "mask_id": info.mask_id,
+        "special_ids": info.special_ids,
+        "mask_prob": config.objective.mask_prob,
+        "word_start": word_start(tokenizer) if config.objective.whole_word else None,
+    }
+    if config.objective.name == "rtd":
+        return ReplacedTokenDetection(**masking, detection_weight=config.objective.detection_weight)
+    return MaskedLM(**masking)
+
+
+def build_model(config: PretrainConfig) -> nn.Module:
+    """What the loop trains: the transformer, or for ELECTRA the pair around it (the
+    transformer is its ``discriminator``)."""
+    backbone = Transformer(config.model)
+    if config.objective.name == "rtd":
+        return ElectraPair(backbone, config.objective.generator_layers)
+    return backbone
+
+
+def backbone_of(model: nn.Module) -> Transformer:
+    """The transformer that fine-tuning starts from."""
+    return model.discriminator if isinstance(model, ElectraPair) else model  # type: ignore[return-value]
+
+
+def pretrain_flops_per_token(config: PretrainConfig) -> float:
+    """Training FLOPs per input token, the generator's included for ELECTRA."""
+    m, seq_len, objective = config.model, config.train.seq_len, config.objective
+    if objective.name == "clm":
+        return train_flops_per_token(m, seq_len, 1.0)
+    if objective.name == "mlm":
+        return train_flops_per_token(m, seq_len, objective.mask_prob)
+    generator = replace(m, n_layer=objective.generator_layers)
+    return train_flops_per_token(m, seq_len, 0.0) + train_flops_per_token(generator, seq_len, objective.mask_prob)
 
 
 def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfig:
@@ -52,13 +82,16 @@ def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfi
             f"{info.vocab_size} tokens; they must match (leave vocab_size at 0 to take the tokenizer's)"
         )
     model = resolve(replace(model, vocab_size=info.vocab_size, causal=config.objective.name == "clm"))
+    objective = config.objective
+    if objective.name == "rtd" and not objective.generator_layers:
+        objective = replace(objective, generator_layers=default_generator_layers(model.n_layer))
     if config.train.seq_len > model.context:
         raise HeadstartError(f"train.seq_len={config.train.seq_len}: longer than model.context={model.context}")
     for name in ("steps", "batch_size", "grad_accum", "seq_len"):
         if getattr(config.train, name) < 1:
             raise HeadstartError(f"train.{name}={getattr(config.train, name)}: expected a positive integer")
     name = config.run.name or f"{config.objective.name}-{Path(config.data.shards).name}"
-    return replace(config, model=model, run=replace(config.run, name=name))
+    return replace(config, model=model, objective=objective, run=replace(config.run, name=name))
 
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -90,15 +123,14 @@ class TrainWindows:
         return torch.from_numpy(self.sampler.batch(first, count))
 
 
-def describe(model: Transformer, config: PretrainConfig, console: Console) -> None:
-    m = config.model
-    head_fraction = config.objective.mask_prob if config.objective.name == "mlm" else 1.0
+def describe(model: nn.Module, config: PretrainConfig, console: Console) -> None:
+    m, backbone = config.model, backbone_of(model)
+    generator = f", generator {config.objective.generator_layers} layers" if config.objective.name == "rtd" else ""
     console.print(
         f"model: {'decoder' if m.causal else 'encoder'} {m.n_layer} layers × {m.n_embd} wide, {m.n_head} heads, "
-        f"context {m.context}, vocab {m.vocab_size} — {model.num_params():,} parameters "
-        f"({model.num_params(embedding=False):,} without the embedding); "
-        f"{forward_flops_per_token(m, config.train.seq_len, head_fraction) / 1e6:,.1f} MFLOP/token forward, "
-        f"{train_flops_per_token(m, config.train.seq_len, head_fraction) / 1e6:,.1f} training",
+        f"context {m.context}, vocab {m.vocab_size} — {backbone.num_params():,} parameters "
+        f"({backbone.num_params(embedding=False):,} without the embedding){generator}; "
+        f"{pretrain_flops_per_token(config) / 1e6:,.1f} MFLOP/token training",
         highlight=False,
     )
 
@@ -130,13 +162,12 @@ def pretrain(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
-    model = Transformer(config.model)
+    model = build_model(config)
     describe(model, config, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(config)
     save_yaml(config, run_dir / "config.yaml")
     objective = build_objective(config, tokenizer)
-    head_fraction = getattr(objective, "head_fraction", 1.0)
     val = eval_windows(shards.val, config.train.seq_len + 1, config.train.eval_batches * config.train.batch_size)
     bytes_per_token = split_bytes_per_token(shards.meta, "val")
 
@@ -155,7 +186,7 @@ def pretrain(
         config.schedule,
         run_dir,
         config_dict,
-        train_flops_per_token(config.model, config.train.seq_len, head_fraction),
+        pretrain_flops_per_token(config),
         evaluate=evaluate,
         write_extras=write_extras,
         resume=resume_from,
@@ -164,12 +195,12 @@ def pretrain(
     )
 
 
-def load_pretrained(path: str | Path) -> tuple[Transformer, PretrainConfig, Path]:
-    """A checkpoint's model (weights loaded, eval mode), its config, and its directory."""
+def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:
+    """A checkpoint's model as trained (weights loaded, eval mode), its config, and its directory."""
     folder = ckpt.resolve_checkpoint(path)
     ckpt.verify(folder)
     config = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
-    model = Transformer(config.model)
+    model = build_model(config)
     ckpt.load_weights(folder, model)
     model.eval()
     return model, config, folder

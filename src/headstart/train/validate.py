@@ -36,8 +36,10 @@ def evaluate_windows(
         for key, value in extra.items():
             extras[key] = extras.get(key, 0.0) + float(value) * weight
     loss = total_loss / max(1, total_weight)
-    result = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-    if bytes_per_token:
+    result = {"val_loss": loss}
+    if getattr(objective, "reports_perplexity", True):
+        result["val_ppl"] = math.exp(min(loss, 50.0))
+    if bytes_per_token and "val_ppl" in result:
         result["val_bpb"] = loss / math.log(2) / bytes_per_token
     result.update({f"val_{k}": v / max(1, total_weight) for k, v in extras.items()})
     return result

@@ -99,6 +99,11 @@ def test_finetune_pretrained_and_scratch_learn_the_task(tiny_shards, tmp_path):
     probe = api.finetune(
         "sst2", [*common, f"init={pretrained.checkpoint}", "freeze_backbone=true", "run.name=probe"], quiet=True
     )
+    assert probe.steps == 0 and probe.metrics["accuracy"] > 0.8
+    lpft = api.finetune(
+        "sst2", [*common, f"init={pretrained.checkpoint}", "head_init=probe", "run.name=lpft"], quiet=True
+    )
+    assert lpft.metrics["accuracy"] > 0.8 and lpft.flops > tuned.flops  # the probe's forward passes are counted
     from safetensors.torch import load_file
 
     weights = load_file(str(next((probe.run_dir / "checkpoints").iterdir()) / "model.safetensors"))

@@ -4,8 +4,6 @@ import torch
 from headstart.config import ModelConfig
 from headstart.models.transformer import Transformer
 from headstart.objectives.clm import CausalLM
-from headstart.config import ModelConfig
-from headstart.models.transformer import Transformer
 from headstart.objectives.mlm import MaskedLM
 from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection
 

@@ -15,12 +15,11 @@ from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate_checkpoint
 from headstart.generate import fill_mask as _fill_mask
 from headstart.generate import sample
+from headstart.objectives.rtd import ElectraPair
 from headstart.train.finetune import FinetuneResult
 from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
-from headstart.objectives.rtd import ElectraPair
 from headstart.train.pretrain import load_pretrained, steps_for_minutes
-from headstart.objectives.rtd import ElectraPair
 from headstart.train.pretrain import pretrain as _pretrain
 
 Overrides = list[str] | dict[str, Any] | None

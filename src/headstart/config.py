@@ -176,7 +176,8 @@ class FinetuneConfig:
     budget: int = 0  # labelled examples drawn (class-stratified) from task.train; 0: all
     val_fraction: float = 0.2  # of the budget, held out to pick the best step (early stopping)
     pooling: Literal["mean", "cls", "last", "max"] = "mean"
-    freeze_backbone: bool = False  # a linear probe
+    freeze_backbone: bool = False  # a linear probe: logistic regression on frozen pooled features
+    head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=20, min_lr_ratio=0.0))

@@ -19,13 +19,14 @@ from headstart.config import FinetuneConfig, PretrainConfig, build, save_yaml, t
 from headstart.data.labelled import LabelledText, read_labelled_jsonl, stratified_budget
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.errors import HeadstartError
-from headstart.models.heads import SequenceClassifier
+from headstart.models.heads import SequenceClassifier, pool
 from headstart.models.transformer import Transformer
 from headstart.objectives.classify import Classify, accuracy_and_macro_f1, pad_batch
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import forward_flops_per_token
 from headstart.train.loop import train_loop
 from headstart.train.pretrain import backbone_of, build_model
+from headstart.train.probe import fit_logistic
 
 
 @dataclass
@@ -82,16 +83,32 @@ class ExampleBatches:
 
 
 @torch.no_grad()
-def predict(model: SequenceClassifier, ids: list[np.ndarray], pad_id: int, batch_size: int = 64) -> np.ndarray:
-    """Class predictions, batched by length so little is spent on padding."""
+def pooled_features(
+    model: SequenceClassifier, ids: list[np.ndarray], pad_id: int, batch_size: int = 64
+) -> torch.Tensor:
+    """The pooled backbone output the head reads, batched by length so little is spent on padding."""
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     order = np.argsort([len(x) for x in ids], kind="stable")
-    predicted = np.empty(len(ids), dtype=np.int64)
+    features = torch.empty(len(ids), model.head.in_features)
     for start in range(0, len(ids), batch_size):
         rows = order[start : start + batch_size]
         batch, mask = pad_batch([ids[r] for r in rows], pad_id)
-        predicted[rows] = model(batch.to(device), mask.to(device)).argmax(-1).cpu().numpy()
-    return predicted
+        batch, mask = batch.to(device), mask.to(device)
+        features[torch.from_numpy(rows)] = (
+            pool(model.backbone(batch, padding_mask=mask), mask, model.pooling).float().cpu()
+        )
+    model.train(was_training)
+    return features
+
+
+def predict(model: SequenceClassifier, ids: list[np.ndarray], pad_id: int) -> np.ndarray:
+    """Class predictions of the whole classifier."""
+    features = pooled_features(model, ids, pad_id)
+    head = model.head
+    with torch.no_grad():
+        return (features @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()).argmax(-1).numpy()
 
 
 def layer_scale(depth: int, decay: float):
@@ -131,26 +148,41 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     held_ids = encode(tokenizer, [train_data.texts[i] for i in held], task.max_len)
     eval_ids = encode(tokenizer, eval_data.texts, task.max_len)
 
-    model = SequenceClassifier(backbone, len(train_data.classes), config.pooling)
-    if config.freeze_backbone:
-        backbone.requires_grad_(False)
+    n_classes = len(train_data.classes)
+    model = SequenceClassifier(backbone, n_classes, config.pooling)
     name = config.run.name or f"finetune-{Path(config.init).name}-{config.budget}-{config.train.seed}"
     run_dir = Path(config.run.out_dir) / name
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fine-tune is short: rerun, not resumed
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, run_dir / "config.yaml")
+    fit_labels, held_labels = torch.from_numpy(train_data.labels[fit]), torch.from_numpy(train_data.labels[held])
+    forward_flops = forward_flops_per_token(backbone.config, task.max_len, head_fraction=0.0)
+    probe_flops = forward_flops * sum(len(x) for x in (*fit_ids, *held_ids))
 
-    best: dict[str, object] = {"score": -1.0, "state": None}
+    if config.freeze_backbone or config.head_init == "probe":
+        probe = fit_logistic(
+            pooled_features(model, fit_ids, pad_id), fit_labels, pooled_features(model, held_ids, pad_id), held_labels,
+            n_classes,
+        )  # fmt: skip
+        model.head = probe.as_linear()
+    if config.freeze_backbone:  # the linear probe: the backbone never changes, the head is the convex fit
+        metrics = accuracy_and_macro_f1(predict(model, eval_ids, pad_id), eval_data.labels, n_classes)
+        ckpt.write_checkpoint(run_dir / "checkpoints", 0, model, {"step": 0, "l2": probe.l2}, to_dict(config))
+        return _finish(config, run_dir, len(chosen), metrics, 0, probe.val_accuracy, 0, probe_flops)
+
+    best: dict[str, object] = {"score": -1.0, "state": None, "step": 0}
+    every, steps = config.train.eval_every, config.train.steps
+    step_of_eval = iter([*range(every, steps, every), steps] if every else [steps])  # when the loop evaluates
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        scores = accuracy_and_macro_f1(
-            predict(model, held_ids, pad_id), train_data.labels[held], len(train_data.classes)
-        )
+        step = next(step_of_eval, steps)
+        scores = accuracy_and_macro_f1(predict(model, held_ids, pad_id), train_data.labels[held], n_classes)
         if scores["accuracy"] > float(best["score"]):  # the first best: the earliest step that reached it
-            best.update(score=scores["accuracy"], state=copy.deepcopy(model.state_dict()))
-        return {f"val_{k}": v for k, v in scores.items()}
+            best.update(score=scores["accuracy"], state=copy.deepcopy(model.state_dict()), step=step)
+        # The reported set's score along the way, for curves only; the choice above never sees it.
+        reported = accuracy_and_macro_f1(predict(model, eval_ids, pad_id), eval_data.labels, n_classes)
+        return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
-    flops_per_token = 3 * forward_flops_per_token(backbone.config, task.max_len, head_fraction=0.0)
     result = train_loop(
         model,
         Classify(),
@@ -160,29 +192,40 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         config.schedule,
         run_dir,
         to_dict(config),
-        flops_per_token,
+        3 * forward_flops,
         evaluate=evaluate,
         lr_scale=layer_scale(backbone.config.n_layer, config.layer_decay) if config.layer_decay != 1.0 else None,
         console=console,
         quiet=quiet,
     )
     model.load_state_dict(best["state"])  # type: ignore[arg-type]
-    model.eval()
-    metrics = accuracy_and_macro_f1(predict(model, eval_ids, pad_id), eval_data.labels, len(train_data.classes))
-    val_records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val_' in x]
-    best_step = next(r["step"] for r in val_records if r["val_accuracy"] == best["score"])
+    metrics = accuracy_and_macro_f1(predict(model, eval_ids, pad_id), eval_data.labels, n_classes)
+    flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
+    return _finish(config, run_dir, len(chosen), metrics, int(best["step"]), float(best["score"]), result.step, flops)
+
+
+def _finish(
+    config: FinetuneConfig,
+    run_dir: Path,
+    budget: int,
+    metrics: dict[str, float],
+    best_step: int,
+    best_val: float,
+    steps: int,
+    flops: float,
+) -> FinetuneResult:
     summary = {
         "init": config.init,
-        "budget": len(chosen),
+        "budget": budget,
         "seed": config.train.seed,
         "best_step": best_step,
-        "best_val_accuracy": best["score"],
-        "steps": result.step,
-        "flops": result.flops,
+        "best_val_accuracy": best_val,
+        "steps": steps,
+        "flops": flops,
         **metrics,
     }
     (run_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return FinetuneResult(metrics, best_step, float(best["score"]), result.step, result.flops, run_dir)
+    return FinetuneResult(metrics, best_step, best_val, steps, flops, run_dir)
 
 
 def split_validation(

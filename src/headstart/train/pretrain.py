@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from rich.console import Console
 from tokenizers import Tokenizer
+from torch import nn
 
 from headstart.config import PretrainConfig, build, merge, save_yaml, to_dict
 from headstart.data.shards import TokenShards, open_shards

@@ -1,3 +1,4 @@
+import json
 import random
 from pathlib import Path
 
@@ -12,6 +13,23 @@ WORDS = (
     "the cat sat on a mat while dogs ran far away from home and birds sang over green hills "
     "under blue skies near rivers where fish swim slowly past old stones"
 ).split()
+
+
+POSITIVE = "good great fine lovely superb".split()
+NEGATIVE = "bad awful poor dreadful terrible".split()
+FILLER = "the cat sat on a mat while dogs ran far away".split()
+
+
+def _write_task(path: Path, n: int, seed: int) -> Path:
+    """A two-class sentiment-like task: one polar word among filler words."""
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = [*rng.choices(FILLER, k=6), rng.choice(POSITIVE if label else NEGATIVE)]
+            rng.shuffle(words)
+            handle.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+    return path
 
 
 def make_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:
@@ -43,3 +61,9 @@ def tiny_shards(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """The peak-FLOP/s probe caches under HEADSTART_CACHE; share one cache across the test session."""
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def write_task():
+    """Writes a JSONL sentiment-like task: write_task(path, records, seed)."""
+    return _write_task

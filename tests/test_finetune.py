@@ -1,5 +1,4 @@
 import json
-import random
 
 import numpy as np
 import pytest
@@ -11,21 +10,6 @@ from headstart.errors import HeadstartError
 from headstart.models.heads import pool
 from headstart.objectives.classify import accuracy_and_macro_f1
 from headstart.train.finetune import layer_scale
-
-POSITIVE = "good great fine lovely superb".split()
-NEGATIVE = "bad awful poor dreadful terrible".split()
-FILLER = "the cat sat on a mat while dogs ran far away".split()
-
-
-def write_task(path, n, seed):
-    rng = random.Random(seed)
-    with path.open("w") as handle:
-        for _ in range(n):
-            label = rng.randint(0, 1)
-            words = [*rng.choices(FILLER, k=6), rng.choice(POSITIVE if label else NEGATIVE)]
-            rng.shuffle(words)
-            handle.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
-    return path
 
 
 def test_budgets_are_stratified_deterministic_and_checked():
@@ -76,7 +60,7 @@ def test_macro_f1_and_layer_scales():
     assert scale("backbone.embed.weight") == 0.125
 
 
-def test_finetune_pretrained_and_scratch_learn_the_task(tiny_shards, tmp_path):
+def test_finetune_pretrained_and_scratch_learn_the_task(tiny_shards, tmp_path, write_task):
     pretrained = api.pretrain(
         "bert-tiny",
         [f"data.shards={tiny_shards}", f"run.out_dir={tmp_path}", "run.name=p", "model.n_layer=2",
@@ -111,7 +95,7 @@ def test_finetune_pretrained_and_scratch_learn_the_task(tiny_shards, tmp_path):
     assert torch.equal(weights["backbone.embed.weight"], original["embed.weight"])  # the backbone stayed frozen
 
 
-def test_finetune_input_errors(tiny_shards, tmp_path):
+def test_finetune_input_errors(tiny_shards, tmp_path, write_task):
     train = write_task(tmp_path / "train.jsonl", 20, 0)
     with pytest.raises(HeadstartError, match="needs a checkpoint"):
         api.finetune("sst2", [f"task.train={train}", f"task.eval={train}", "init=scratch"], quiet=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from headstart.config import FinetuneConfig, PrepareConfig, PretrainConfig, load_config
+from headstart.config import FinetuneConfig, PrepareConfig, PretrainConfig, StudyConfig, load_config
 from headstart.data.prepare import PrepareReport
 from headstart.data.prepare import prepare as _prepare
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
@@ -60,6 +60,14 @@ def finetune(
     """Fine-tune a checkpoint (or ``init=scratch``: the same architecture, random init) on a labelled task."""
     config = recipe if isinstance(recipe, FinetuneConfig) else load_config(FinetuneConfig, recipe, overrides)
     return _finetune(config, console=console, quiet=quiet)
+
+
+def transfer(study: str | StudyConfig, overrides: Overrides = None, console: Console | None = None) -> Path:
+    """Run (or resume) a transfer study; returns its report.md."""
+    from headstart.transfer.study import run_study
+
+    config = study if isinstance(study, StudyConfig) else load_config(StudyConfig, study, overrides)
+    return run_study(config, console=console) / "report.md"
 
 
 def evaluate(
@@ -126,4 +134,4 @@ def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, consol
     return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True))
 
 
-__all__ = ["evaluate", "fill_mask", "finetune", "generate", "prepare", "pretrain", "quickstart"]
+__all__ = ["evaluate", "fill_mask", "finetune", "generate", "prepare", "pretrain", "quickstart", "transfer"]

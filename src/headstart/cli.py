@@ -17,6 +17,7 @@ examples:
   headstart pretrain gpt-tiny data.shards=data/corpus train.steps=2000
   headstart pretrain bert-tiny data.shards=data/corpus --resume
   headstart finetune sst2 init=runs/mlm-corpus budget=500
+  headstart transfer study.yaml                          # inits × label budgets × seeds → report.md + plots
   headstart evaluate runs/clm-corpus --data data/corpus
   headstart generate runs/clm-corpus --prompt "def main(" --max-new-tokens 80
   headstart fill-mask runs/mlm-corpus --text "the <mask> sat on the mat"
@@ -85,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="a shipped recipe name (e.g. sst2) or a YAML file")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_overrides(p)
+
+    p = verbs.add_parser(
+        "transfer",
+        help="the transfer study: inits × label budgets × seeds, with a report of the head start",
+        description="Fine-tune every init (checkpoints, scratch, skip-gram and n-gram references) at every label "
+        "budget and seed, each with the same sweep chosen on a validation split carved from the budget; writes "
+        "results.jsonl, report.md and PNG plots. Rerunning skips the cells already finished.",
+    )
+    p.add_argument("study", help="a study YAML file")
     _add_overrides(p)
 
     p = verbs.add_parser(
@@ -179,6 +190,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         result = api.finetune(args.recipe, args.overrides, console=console, quiet=args.quiet)
         scores = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         console.print(f"{scores}  (best validation step {result.best_step}; {result.run_dir / 'result.json'})")
+    elif args.verb == "transfer":
+        report = api.transfer(args.study, args.overrides, console=console)
+        console.print(f"report: {report}", highlight=False)
     elif args.verb == "evaluate":
         api.evaluate(
             args.checkpoint,

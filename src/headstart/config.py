@@ -187,6 +187,35 @@ class FinetuneConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+@dataclass
+class StudyConfig:
+    """A transfer study: inits × label budgets × seeds on one task, every cell a normal fine-tune.
+
+    Each init gets the same sweep (each candidate a list of fine-tune overrides); per cell the
+    candidate with the best score on the validation split carved from the budget is kept.
+    """
+
+    finetune: str = "sst2"  # the fine-tuning recipe (name or YAML) every run starts from
+    settings: list[str] = field(default_factory=list)  # overrides for every run, e.g. task.train=...
+    # name → a checkpoint directory, "scratch" (the architecture from random init), or a
+    # reference read out by logistic regression: "skipgram" (word vectors trained on
+    # reference_text) or "ngrams" (bag of n-grams from the labels alone)
+    inits: dict[str, str] = field(default_factory=dict)
+    architecture: str = ""  # for scratch: default, the first checkpoint among the inits
+    budgets: list[int] = field(default_factory=lambda: [100, 500, 2000, 0])  # 0: all labels
+    seeds: int = 5
+    sweep: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "probe": ["freeze_backbone=true"],
+            "lr1e-4": ["optim.lr=1e-4"],
+            "lr3e-4": ["optim.lr=3e-4"],
+        }
+    )
+    reference_text: list[str] = field(default_factory=list)  # unlabelled text for the skip-gram reference
+    target: float = 0.0  # metric for steps-to-target; 0: what scratch reaches with the largest budget
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="study"))
+
+
 # ----------------------------------------------------------------------------- recipes
 
 
@@ -306,6 +335,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
                 return None
         non_none = [a for a in get_args(hint) if a is not type(None)]
         return _coerce(non_none[0], value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise HeadstartError(f"config {path}={value!r}: expected a mapping")
+        key_hint, value_hint = get_args(hint) or (Any, Any)
+        return {_coerce(key_hint, k, path): _coerce(value_hint, v, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             value = [value]

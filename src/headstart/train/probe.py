@@ -26,7 +26,7 @@ class LogisticProbe:
     val_accuracy: float
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.float() @ self.weight.T + self.bias).argmax(-1)
+        return (features.float() @ self.weight.T + self.bias).argmax(-1)  # dense or sparse features
 
     def as_linear(self) -> nn.Linear:
         layer = nn.Linear(self.weight.size(1), self.weight.size(0))
@@ -60,11 +60,17 @@ def fit_logistic(
     grid: tuple[float, ...] = L2_GRID,
     max_iter: int = 300,
 ) -> LogisticProbe:
-    """Fit one probe per L2 strength on ``train``; keep the best on ``val`` (ties: the stronger)."""
+    """Fit one probe per L2 strength on ``train``; keep the best on ``val`` (ties: the stronger).
+
+    Dense features are standardised; sparse ones (n-gram indicators) are used as they are."""
     train_x, val_x = train_x.double(), val_x.double()
-    mean = train_x.mean(0)
-    std = train_x.std(0, unbiased=False).clamp(min=1e-6)
-    scaled_train, scaled_val = (train_x - mean) / std, (val_x - mean) / std
+    if train_x.is_sparse:
+        mean, std = torch.zeros(train_x.size(1), dtype=torch.float64), torch.ones(train_x.size(1), dtype=torch.float64)
+        scaled_train, scaled_val = train_x, val_x
+    else:
+        mean = train_x.mean(0)
+        std = train_x.std(0, unbiased=False).clamp(min=1e-6)
+        scaled_train, scaled_val = (train_x - mean) / std, (val_x - mean) / std
     best: LogisticProbe | None = None
     for l2 in grid:
         weight, bias = _fit(scaled_train, train_y, n_classes, l2, max_iter)

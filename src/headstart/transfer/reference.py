@@ -1,0 +1,139 @@
+"""Classical reference points every text study reports beside its inits, each read out by the
+same logistic-regression probe:
+
+- **bag of n-grams**: unigram and bigram indicators learned from the labelled budget alone —
+  the floor a pretrained model must clear to be worth anything;
+- **skip-gram word vectors** (word2vec with negative sampling, a contrastive objective):
+  trained for about a minute on the same unlabelled text as the pretrained model,
+  mean-pooled per sentence. Cheap and strong at tiny label budgets: a pretraining recipe
+  that cannot beat it is not paying for its compute.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+WORD = re.compile(r"[\w']+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks: the units both references count."""
+    return WORD.findall(text.lower())
+
+
+# ----------------------------------------------------------------------------- bag of n-grams
+
+
+def ngram_features(fit_texts: Sequence[str], texts_by_split: Sequence[Sequence[str]], max_features: int = 50_000):
+    """Binary unigram + bigram indicators over the n-grams seen at least twice in ``fit_texts``
+    (all of them when the budget is tiny), as sparse (n, vocabulary) tensors per split."""
+
+    def grams(text: str) -> set[str]:
+        tokens = words(text)
+        return {*tokens, *(f"{a} {b}" for a, b in itertools.pairwise(tokens))}
+
+    counts = Counter(g for text in fit_texts for g in grams(text))
+    min_count = 2 if len(fit_texts) >= 1000 else 1
+    vocabulary = {g: i for i, (g, c) in enumerate(counts.most_common(max_features)) if c >= min_count}
+    matrices = []
+    for texts in texts_by_split:
+        rows, cols = [], []
+        for row, text in enumerate(texts):
+            found = sorted(vocabulary[g] for g in grams(text) if g in vocabulary)
+            rows += [row] * len(found)
+            cols += found
+        index = torch.tensor([rows, cols], dtype=torch.int64).reshape(2, -1)
+        values = torch.ones(index.size(1))
+        shape = (len(texts), max(1, len(vocabulary)))
+        matrices.append(torch.sparse_coo_tensor(index, values, shape, check_invariants=True).coalesce())
+    return matrices
+
+
+# ----------------------------------------------------------------------------- skip-gram
+
+
+@dataclass
+class WordVectors:
+    vocabulary: dict[str, int]
+    vectors: torch.Tensor  # (V, dim)
+    seconds: float
+    pairs: int
+
+    def sentence_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Mean of the in-vocabulary word vectors (zeros for a sentence with none)."""
+        out = torch.zeros(len(texts), self.vectors.size(1))
+        for row, text in enumerate(texts):
+            ids = [self.vocabulary[w] for w in words(text) if w in self.vocabulary]
+            if ids:
+                out[row] = self.vectors[ids].mean(0)
+        return out
+
+
+def train_skipgram(
+    documents: Iterable[str],
+    dim: int = 100,
+    window: int = 5,
+    negatives: int = 5,
+    min_count: int = 3,
+    epochs: int = 3,
+    batch_size: int = 4096,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> WordVectors:
+    """Skip-gram with negative sampling (Mikolov et al. 2013): frequent-word subsampling,
+    a random window per centre word, negatives from the unigram distribution to the 3/4."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    tokenized = [words(d) for d in documents]
+    counts = Counter(w for doc in tokenized for w in doc)
+    vocab_words = [w for w, c in counts.most_common() if c >= min_count]
+    vocabulary = {w: i for i, w in enumerate(vocab_words)}
+    frequency = np.array([counts[w] for w in vocab_words], dtype=np.float64)
+    keep_prob = np.minimum(1.0, np.sqrt(1e-4 * frequency.sum() / frequency))  # subsampling of frequent words
+    noise = torch.from_numpy(frequency**0.75 / (frequency**0.75).sum()).float()
+    centre_in = torch.nn.Embedding(len(vocab_words), dim, sparse=True)
+    context_out = torch.nn.Embedding(len(vocab_words), dim, sparse=True)
+    torch.nn.init.uniform_(centre_in.weight, -0.5 / dim, 0.5 / dim)
+    torch.nn.init.zeros_(context_out.weight)
+    optimizer = torch.optim.SparseAdam([*centre_in.parameters(), *context_out.parameters()], lr=lr)
+    encoded = [np.array([vocabulary[w] for w in doc if w in vocabulary], dtype=np.int64) for doc in tokenized]
+    pairs_seen = 0
+    for _ in range(epochs):
+        centres, contexts = [], []
+        for doc in encoded:
+            kept = doc[rng.random(len(doc)) < keep_prob[doc]]
+            if len(kept) < 2:
+                continue
+            reach = rng.integers(1, window + 1, size=len(kept))
+            for offset in range(1, min(window, len(kept) - 1) + 1):
+                ok = reach[: len(kept) - offset] >= offset
+                left, right = kept[:-offset][ok], kept[offset:][ok]
+                centres += [left, right]
+                contexts += [right, left]
+        centre = torch.from_numpy(np.concatenate(centres))
+        context = torch.from_numpy(np.concatenate(contexts))
+        order = torch.from_numpy(rng.permutation(len(centre)))
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            c, o = centre_in(centre[rows]), context_out(context[rows])
+            sampled = context_out(torch.multinomial(noise, len(rows) * negatives, replacement=True)).view(
+                len(rows), negatives, dim
+            )
+            positive = F.logsigmoid((c * o).sum(-1))
+            negative = F.logsigmoid(-(sampled @ c.unsqueeze(-1)).squeeze(-1)).sum(-1)
+            loss = -(positive + negative).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        pairs_seen += len(order)
+    return WordVectors(vocabulary, centre_in.weight.detach().clone(), time.perf_counter() - start, pairs_seen)

@@ -1,0 +1,219 @@
+"""The transfer study's report: report.md with the figures and their spread, and PNG plots
+(metric against labels, metric against fine-tuning step), all read from results.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from headstart.config import StudyConfig
+from headstart.train import checkpoint as ckpt
+from headstart.transfer.efficiency import label_efficiency, steps_to_target
+from headstart.transfer.reference import WordVectors
+from headstart.transfer.study import REFERENCES, References, read_results
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n − 1); 1.96 beyond.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def mean_and_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (0 for a single seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    df = len(values) - 1
+    quantile = T_975.get(df) or next((q for d, q in sorted(T_975.items()) if d >= df), 1.96)
+    return mean, quantile * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def grouped(records: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """init → labels used → the cells (one per seed)."""
+    table: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        table[record["init"]][record["budget"]].append(record)
+    return table
+
+
+def eval_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """The reported-set accuracy at each evaluation of a fine-tune run."""
+    path = run_dir / "metrics.jsonl"
+    steps, values = [], []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        if "eval_accuracy" in record:
+            steps.append(record["step"])
+            values.append(record["eval_accuracy"])
+    return steps, values
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, metric: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=120)
+    for init, by_budget in table.items():
+        budgets = sorted(by_budget)
+        stats = [mean_and_interval([100 * c["value"] for c in by_budget[b]]) for b in budgets]
+        means = [m for m, _ in stats]
+        ax.plot(budgets, means, "o-", label=init, markersize=4)
+        ax.fill_between(budgets, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.18)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled examples (log scale)")
+    ax.set_ylabel(f"{metric} (%) — mean and 95% interval over seeds")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_steps(table: dict[str, dict[int, list[dict[str, Any]]]], runs: Path, path: Path, metric: str) -> None:
+    budgets = sorted({b for by_budget in table.values() for b in by_budget})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), dpi=110, squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        for init, by_budget in table.items():
+            curves = [eval_curve(runs / c["run"]) for c in by_budget.get(budget, []) if c.get("run")]
+            curves = [c for c in curves if c[0]]
+            if not curves:
+                continue
+            length = min(len(s) for s, _ in curves)
+            steps = curves[0][0][:length]
+            mean = [100 * statistics.fmean(v[i] for _, v in curves) for i in range(length)]
+            ax.plot(steps, mean, label=init)
+        ax.set_title(f"{budget:,} labels")
+        ax.set_xlabel("fine-tuning step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{metric} (%) on the reported set")
+    axes[0][0].legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def header(budgets: list[int], unit: str = "") -> list[str]:
+    return ["| init | " + " | ".join(f"{b:,}{unit}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+
+
+def write_report(run_dir: Path, config: StudyConfig, architecture: str, references: References) -> Path:
+    records = read_results(run_dir / "results.jsonl")
+    table = grouped(records)
+    metric = records[0]["metric"] if records else "accuracy"
+    budgets = sorted({b for by_budget in table.values() for b in by_budget})
+    plot_labels(table, run_dir / "metric_vs_labels.png", metric)
+    plot_steps(table, run_dir / "runs", run_dir / "metric_vs_step.png", metric)
+    scratch = next((name for name, source in config.inits.items() if source == "scratch"), None)
+
+    lines = [f"# Transfer study: {run_dir.name}", ""]
+    task = records[0]["task"] if records else "?"
+    lines += [f"Task: `{task}`, metric: {metric} on the reported set (mean ± 95% interval over seeds, "
+              "n seeds in brackets). Every value is in `results.jsonl`.", "", *header(budgets, " labels")]  # fmt: skip
+    for init, by_budget in table.items():
+        cells = []
+        for budget in budgets:
+            values = [100 * c["value"] for c in by_budget.get(budget, [])]
+            if values:
+                mean, half = mean_and_interval(values)
+                cells.append(f"{mean:.1f} ± {half:.1f} ({len(values)})")
+            else:
+                cells.append("—")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    lines += ["", "![metric against labels](metric_vs_labels.png)", ""]
+
+    if scratch and scratch in table:
+        scratch_budgets = sorted(table[scratch])
+        scratch_means = [statistics.fmean(c["value"] for c in table[scratch][b]) for b in scratch_budgets]
+        lines += ["## Label efficiency", "",
+                  f"Labels `{scratch}` needs to match each init, read off its curve (linear in log-labels); "
+                  "≥ when scratch never gets there within the budgets measured.", "", *header(budgets)]  # fmt: skip
+        for init, by_budget in table.items():
+            if init == scratch:
+                continue
+            cells = []
+            for budget in budgets:
+                if budget not in by_budget:
+                    cells.append("—")
+                    continue
+                value = statistics.fmean(c["value"] for c in by_budget[budget])
+                cells.append(str(label_efficiency(budget, value, scratch_budgets, scratch_means)))
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        target = config.target or scratch_means[-1]
+        why = "set in the study" if config.target else f"what {scratch} reaches with {scratch_budgets[-1]:,} labels"
+        lines += ["", "## Steps to target", "",
+                  f"Fine-tuning steps until the reported {metric} first reaches {100 * target:.1f}% ({why}); "
+                  "median over seeds (seeds there / seeds), — when none is.", "", *header(budgets)]  # fmt: skip
+        for init, by_budget in table.items():
+            if config.inits[init] in REFERENCES:
+                continue
+            cells = []
+            for budget in budgets:
+                reached = [steps_to_target(*eval_curve(run_dir / "runs" / c["run"]), target)
+                           for c in by_budget.get(budget, []) if c.get("run")]  # fmt: skip
+                hits = sorted(s for s in reached if s is not None)
+                cells.append(f"{statistics.median(hits):.0f} ({len(hits)}/{len(reached)})" if hits else "—")
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        lines += ["", "![metric against fine-tuning step](metric_vs_step.png)", ""]
+
+    lines += compute_section(table, config, references)
+    lines += ["## What each init was given and chose", "",
+              "Sweep (the same for every fine-tuned init): " + "; ".join(f"`{n}`: {' '.join(o) or 'recipe defaults'}"
+              for n, o in config.sweep.items()) + f". Base recipe `{config.finetune}`. "
+              "Each cell kept the candidate with the best accuracy on the validation split carved from its own "
+              "budget; references fit a logistic regression whose L2 strength is chosen the same way.", "",
+              "| init | source | chosen (cells) |", "|---|---|---|"]  # fmt: skip
+    for init, by_budget in table.items():
+        chosen: dict[str, int] = defaultdict(int)
+        for cells in by_budget.values():
+            for c in cells:
+                chosen[c["chosen"].split(" l2=")[0]] += 1
+        source = config.inits[init]
+        shown = f"`{source}`" if source not in ("scratch", *REFERENCES) else source
+        if source == "scratch":
+            shown = f"random init, the architecture of `{architecture}`"
+        lines.append(f"| {init} | {shown} | " + ", ".join(f"{k} ×{v}" for k, v in sorted(chosen.items())) + " |")
+    path = run_dir / "report.md"
+    tmp = path.with_name(f".report.md.{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def compute_section(
+    table: dict[str, dict[int, list[dict[str, Any]]]], config: StudyConfig, references: References
+) -> list[str]:
+    """Pretraining FLOPs (the checkpoint's compute.json), fine-tuning FLOPs, and the break-even:
+    how many fine-tuning sweeps the pretraining compute would pay for."""
+    lines = ["## Compute", "",
+             "| init | pretraining FLOPs | pretraining wall time | fine-tune FLOPs per sweep (mean) | "
+             "break-even (sweeps) |", "|---|---|---|---|---|"]  # fmt: skip
+    for init, by_budget in table.items():
+        source = config.inits[init]
+        sweeps = [c["sweep_flops"] for cells in by_budget.values() for c in cells]
+        per_sweep = statistics.fmean(sweeps) if sweeps else 0.0
+        pre_flops, wall = 0.0, "—"
+        if source == "skipgram":
+            vectors: WordVectors = references.vectors()
+            wall = f"{vectors.seconds:.0f} s ({vectors.pairs:,} word pairs)"
+        elif source not in ("scratch", "ngrams"):
+            compute_file = ckpt.resolve_checkpoint(source) / "compute.json"
+            if compute_file.is_file():
+                compute = json.loads(compute_file.read_text(encoding="utf-8"))
+                pre_flops, wall = compute["flops"], f"{compute['wall_seconds'] / 60:.1f} min on {compute['device']}"
+        break_even = f"{pre_flops / per_sweep:,.0f}" if pre_flops and per_sweep else "—"
+        lines.append(f"| {init} | {pre_flops:.3g} | {wall} | {per_sweep:.3g} | {break_even} |")
+    lines += ["", "Break-even: pretraining FLOPs over the FLOPs of one fine-tuning sweep — how many extra "
+              "sweeps from scratch the same compute would buy; the label-efficiency table says what it buys instead.",
+              ""]  # fmt: skip
+    return lines

@@ -1,0 +1,204 @@
+"""The transfer study: inits × label budgets × seeds on one task, each cell a normal fine-tune.
+
+Fairness is built in: every init gets the same sweep of fine-tuning candidates, and each
+cell keeps the candidate that scores best on the validation split carved from its own label
+budget — never on the set the report shows. The study is resumable: a cell is one line of
+``results.jsonl``, written when the cell finishes, and a rerun skips the cells already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from headstart.config import FinetuneConfig, StudyConfig, load_config, save_yaml
+from headstart.data.labelled import read_labelled_jsonl, stratified_budget
+from headstart.data.sources import ReadOptions, SkipLog, read_documents
+from headstart.errors import HeadstartError
+from headstart.objectives.classify import accuracy_and_macro_f1
+from headstart.train import checkpoint as ckpt
+from headstart.train.finetune import finetune, split_validation
+from headstart.train.probe import fit_logistic
+from headstart.transfer.reference import WordVectors, ngram_features, train_skipgram
+
+REFERENCES = ("skipgram", "ngrams")
+# What must not change between a study and its resumption (budgets and seeds may grow).
+FIXED = ("finetune", "settings", "inits", "architecture", "sweep", "reference_text")
+
+
+def check_inits(config: StudyConfig) -> str:
+    """Validate the inits; returns the architecture that scratch copies."""
+    if not config.inits:
+        raise HeadstartError("inits: expected at least one init, e.g. {pretrained: CHECKPOINT, scratch: scratch}")
+    checkpoints = [v for v in config.inits.values() if v not in ("scratch", *REFERENCES)]
+    for path in checkpoints:
+        ckpt.verify(ckpt.resolve_checkpoint(path))
+    architecture = config.architecture or (checkpoints[0] if checkpoints else "")
+    if "scratch" in config.inits.values() and not architecture:
+        raise HeadstartError("architecture: a scratch init needs a checkpoint whose shape and tokenizer to copy")
+    if "skipgram" in config.inits.values() and not config.reference_text:
+        raise HeadstartError("reference_text: the skipgram init needs unlabelled text files to train word vectors on")
+    if not config.sweep:
+        raise HeadstartError("sweep: expected at least one fine-tuning candidate")
+    if config.seeds < 1:
+        raise HeadstartError(f"seeds={config.seeds}: expected at least 1")
+    return architecture
+
+
+def check_resumable(run_dir: Path, config: StudyConfig) -> None:
+    saved_path = run_dir / "study.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_config(StudyConfig, str(saved_path))
+    for name in FIXED:
+        if getattr(saved, name) != getattr(config, name):
+            raise HeadstartError(
+                f"study {run_dir}: {name} was {getattr(saved, name)!r}, now {getattr(config, name)!r}; "
+                "finished cells would not be comparable (set run.name for a new study)"
+            )
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """One whole line per finished cell, flushed to disk before the next cell starts."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Finished cells; a torn last line (a crash mid-write) is ignored and its cell rerun."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+class References:
+    """The classical reference inits, read out by the same logistic probe as a frozen backbone."""
+
+    def __init__(self, config: StudyConfig, base: FinetuneConfig, run_dir: Path, console: Console) -> None:
+        task = base.task
+        self.train = read_labelled_jsonl(task.train, task.text_field, task.label_field)
+        self.eval = read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
+        self.val_fraction = base.val_fraction
+        self.config, self.run_dir, self.console = config, run_dir, console
+        self._vectors: WordVectors | None = None
+
+    def vectors(self) -> WordVectors:
+        if self._vectors is None:
+            cache = self.run_dir / "reference" / "skipgram.pt"
+            if cache.is_file():
+                saved = torch.load(cache)
+                self._vectors = WordVectors(saved["vocabulary"], saved["vectors"], saved["seconds"], saved["pairs"])
+            else:
+                skipped = SkipLog()
+                documents = list(read_documents(self.config.reference_text, ReadOptions(text_mode="line"), skipped))
+                self.console.print(f"skip-gram reference: training word vectors on {len(documents):,} documents")
+                self._vectors = train_skipgram(documents)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                torch.save(vars(self._vectors), tmp)
+                tmp.replace(cache)
+        return self._vectors
+
+    def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
+        data = self.train
+        chosen = stratified_budget(data.labels, budget, seed)
+        fit, held = split_validation(data, chosen, self.val_fraction, seed)
+        fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
+        if kind == "skipgram":
+            vectors = self.vectors()
+            x, v, e = (vectors.sentence_features(t) for t in (fit_texts, held_texts, self.eval.texts))
+        else:
+            x, v, e = ngram_features(fit_texts, [fit_texts, held_texts, self.eval.texts])
+        labels = torch.from_numpy(data.labels)
+        probe = fit_logistic(x, labels[fit], v, labels[held], len(data.classes))
+        metrics = accuracy_and_macro_f1(probe.predict(e).numpy(), self.eval.labels, len(data.classes))
+        return {"budget": len(chosen), "best_val": probe.val_accuracy, "chosen": f"logistic l2={probe.l2:g}",
+                "steps": 0, "best_step": 0, "flops": 0.0, "sweep_flops": 0.0, **metrics}  # fmt: skip
+
+
+def finetune_cell(
+    config: StudyConfig, init: str, source: str, architecture: str, budget: int, seed: int, runs: Path
+) -> dict[str, Any]:
+    """Every sweep candidate on this (init, budget, seed); keep the best on the carved validation split."""
+    origin = ["init=scratch", f"architecture={architecture}"] if source == "scratch" else [f"init={source}"]
+    candidates = {}
+    for name, overrides in config.sweep.items():
+        run_name = f"{init}-{budget}-{seed}-{name}"
+        settings = [*config.settings, *origin, *overrides, f"budget={budget}", f"train.seed={seed}",
+                    f"run.out_dir={runs}", f"run.name={run_name}"]  # fmt: skip
+        result = finetune(load_config(FinetuneConfig, config.finetune, settings), quiet=True)
+        shutil.rmtree(result.run_dir / "checkpoints", ignore_errors=True)  # the study keeps metrics, not weights
+        candidates[name] = (result, run_name)
+    best_name = max(candidates, key=lambda n: candidates[n][0].best_val)  # ties: the first in sweep order
+    best, run_name = candidates[best_name]
+    summary = json.loads((best.run_dir / "result.json").read_text(encoding="utf-8"))
+    return {
+        "budget": summary["budget"],
+        "best_val": best.best_val,
+        "chosen": best_name,
+        "sweep_val": {n: r.best_val for n, (r, _) in candidates.items()},
+        "steps": best.steps,
+        "best_step": best.best_step,
+        "flops": best.flops,
+        "sweep_flops": sum(r.flops for r, _ in candidates.values()),
+        "run": run_name,
+        **best.metrics,
+    }
+
+
+def run_study(config: StudyConfig, console: Console | None = None) -> Path:
+    """Run every missing cell, then write the report; returns the study directory."""
+    console = console or Console(stderr=True)
+    architecture = check_inits(config)
+    base = load_config(FinetuneConfig, config.finetune, config.settings)
+    train_size = len(read_labelled_jsonl(base.task.train, base.task.text_field, base.task.label_field).texts)
+    for budget in config.budgets:
+        if budget > train_size:
+            raise HeadstartError(f"budgets: {budget} labels asked, but {base.task.train} has {train_size} records")
+    run_dir = Path(config.run.out_dir) / config.run.name
+    check_resumable(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "study.yaml")
+    results_path = run_dir / "results.jsonl"
+    finished = read_results(results_path)
+    if results_path.is_file():  # drop a line torn by a crash before appending after it
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in finished), encoding="utf-8")
+        tmp.replace(results_path)
+    done = {(r["init"], r["budget_asked"], r["seed"]) for r in finished}
+    references = References(config, base, run_dir, console)
+    cells = [(b, s, i) for b in sorted(config.budgets, key=lambda b: b or train_size) for s in range(config.seeds)
+             for i in config.inits]  # fmt: skip
+    todo = [c for c in cells if (c[2], c[0], c[1]) not in done]
+    console.print(f"study {run_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+    for number, (budget, seed, init) in enumerate(todo, start=1):
+        source = config.inits[init]
+        if source in REFERENCES:
+            cell = references.cell(source, budget, seed)
+        else:
+            cell = finetune_cell(config, init, source, architecture, budget, seed, run_dir / "runs")
+        record = {"init": init, "task": Path(base.task.train).parent.name or base.task.train, "budget_asked": budget,
+                  "seed": seed, "metric": "accuracy", "value": cell["accuracy"], **cell}  # fmt: skip
+        append_line(results_path, record)
+        console.print(
+            f"[{number}/{len(todo)}] {init} · {record['budget']} labels · seed {seed}: "
+            f"accuracy {100 * record['value']:.1f}% ({record['chosen']})",
+            highlight=False,
+        )
+    from headstart.transfer.report import write_report
+
+    write_report(run_dir, config, architecture, references)
+    return run_dir

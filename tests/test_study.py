@@ -1,0 +1,88 @@
+import json
+
+import pytest
+
+from headstart import api
+from headstart.errors import HeadstartError
+from headstart.transfer.report import mean_and_interval
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained")
+    result = api.pretrain(
+        "bert-tiny",
+        [f"data.shards={tiny_shards}", f"run.out_dir={out}", "run.name=p", "model.n_layer=2", "model.n_embd=32",
+         "model.n_head=2", "model.context=32", "train.seq_len=32", "train.batch_size=4", "train.steps=10",
+         "train.eval_every=0", "train.precision=fp32"],
+        quiet=True,
+    )  # fmt: skip
+    return result.checkpoint
+
+
+def study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="3e-3", budgets="[20, 60]"):
+    train, dev = write_task(tmp_path / "train.jsonl", 120, 0), write_task(tmp_path / "dev.jsonl", 60, 1)
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        f"""
+finetune: sst2
+settings: [task.train={train}, task.eval={dev}, task.max_len=16, train.steps=20, train.eval_every=10,
+           train.precision=fp32, train.batch_size=8]
+inits: {{pretrained: {encoder}, scratch: scratch, skipgram: skipgram, ngrams: ngrams}}
+budgets: {budgets}
+seeds: 2
+sweep: {{probe: [freeze_backbone=true], lr: [optim.lr={sweep_lr}]}}
+reference_text: [{corpus}, {train}]
+run: {{out_dir: {tmp_path / "runs"}, name: s}}
+"""
+    )
+    return path
+
+
+def test_study_writes_results_report_and_plots_and_resumes(tmp_path, encoder, tiny_shards, write_task):
+    corpus = tiny_shards.parent / "corpus.txt"
+    path = study_yaml(write_task, tmp_path, encoder, corpus)
+    report = api.transfer(str(path))
+    folder = report.parent
+    records = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 * 2 * 2  # inits × budgets × seeds
+    for record in records:
+        assert {"init", "task", "budget", "seed", "metric", "value", "steps", "flops"} <= record.keys()
+        assert 0.0 <= record["value"] <= 1.0
+    fine_tuned = [r for r in records if r["init"] in ("pretrained", "scratch")]
+    assert all(r["chosen"] in ("probe", "lr") and set(r["sweep_val"]) == {"probe", "lr"} for r in fine_tuned)
+    assert all(r["sweep_flops"] >= r["flops"] > 0 for r in fine_tuned)
+    assert {r["budget"] for r in records} == {20, 60}
+    text = report.read_text()
+    for heading in ("Label efficiency", "Steps to target", "Compute", "What each init was given and chose"):
+        assert heading in text
+    assert (folder / "metric_vs_labels.png").stat().st_size > 5000
+    assert (folder / "metric_vs_step.png").stat().st_size > 5000
+    # A rerun finds every cell finished and runs none; a cell lost mid-write is rerun.
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    (folder / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    api.transfer(str(path))
+    rerun = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines() if x.endswith("}")]
+    assert len(rerun) == len(records)
+    assert rerun[:-1] == records[:-1] and rerun[-1]["init"] == records[-1]["init"]
+    # Changing what every cell was given would make old cells incomparable.
+    with pytest.raises(HeadstartError, match="sweep was"):
+        api.transfer(str(study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="1e-3")))
+
+
+def test_study_input_errors(tmp_path, encoder, tiny_shards, write_task):
+    corpus = tiny_shards.parent / "corpus.txt"
+    with pytest.raises(HeadstartError, match="5000 labels asked"):
+        api.transfer(str(study_yaml(write_task, tmp_path, encoder, corpus, budgets="[5000]")))
+    with pytest.raises(HeadstartError, match="missing-run"):
+        api.transfer(
+            str(study_yaml(write_task, tmp_path, encoder, corpus)), [f"inits.pretrained={tmp_path}/missing-run"]
+        )
+    with pytest.raises(HeadstartError, match="the skipgram init needs unlabelled text"):
+        api.transfer(str(study_yaml(write_task, tmp_path, encoder, corpus)), ["reference_text=[]"])
+
+
+def test_mean_and_interval_uses_the_t_quantile():
+    mean, half = mean_and_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert mean_and_interval([0.5]) == (0.5, 0.0)

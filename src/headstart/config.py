@@ -156,9 +156,12 @@ class PrepareConfig:
 
 @dataclass
 class TaskConfig:
-    """A labelled task read from JSONL: ``train`` is budgeted, ``eval`` is the reported set."""
+    """A labelled task read from JSONL: ``train`` is budgeted, ``eval`` is the reported set.
 
-    kind: Literal["classify"] = "classify"
+    ``classify``: a text and a label per record. ``tag``: a list of words and one tag per word
+    (IOB2 entities; set text_field/label_field to the lists' field names, e.g. tokens/tags)."""
+
+    kind: Literal["classify", "tag"] = "classify"
     train: str = ""
     eval: str = ""
     text_field: str = "text"

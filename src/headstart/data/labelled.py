@@ -7,6 +7,7 @@ every init in a study sees exactly the same examples at the same (budget, seed).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +93,67 @@ def stratified_budget(labels: np.ndarray, budget: int, seed: int) -> np.ndarray:
         rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota, strict=True)
     ]
     return np.sort(np.concatenate(chosen))
+
+
+@dataclass(frozen=True)
+class TaggedText:
+    words: list[list[str]]  # one list of words per sentence
+    tags: list[np.ndarray]  # int64 tag index per word
+    tag_names: list[str]  # tag index → the tag as written (IOB2, e.g. B-PER)
+
+    @property
+    def strata(self) -> np.ndarray:
+        """Per sentence, its most frequent entity type (or O): what label budgets stratify on."""
+        types = sorted({name.split("-", 1)[-1] for name in self.tag_names if name != "O"})
+        index = {t: i + 1 for i, t in enumerate(types)}
+        out = np.zeros(len(self.words), dtype=np.int64)
+        for row, tags in enumerate(self.tags):
+            found = Counter(self.tag_names[t].split("-", 1)[-1] for t in tags if self.tag_names[t] != "O")
+            out[row] = index[found.most_common(1)[0][0]] if found else 0
+        return out
+
+
+def read_tagged_jsonl(
+    path: str | Path, words_field: str = "tokens", tags_field: str = "tags", tag_names: list[str] | None = None
+) -> TaggedText:
+    """Records ``{words_field: [word, ...], tags_field: [tag, ...]}`` of equal length (IOB2 tags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadstartError(f"task file {path}: no such file")
+    sentences: list[list[str]] = []
+    raw_tags: list[list[str]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise HeadstartError(f"task file {path}:{number}: not valid JSON") from None
+            words, tags = (
+                (record.get(words_field), record.get(tags_field)) if isinstance(record, dict) else (None, None)
+            )
+            if not isinstance(words, list) or not isinstance(tags, list):
+                raise HeadstartError(
+                    f"task file {path}:{number}: expected list fields {words_field!r} and {tags_field!r}"
+                )
+            if len(words) != len(tags):
+                raise HeadstartError(
+                    f"task file {path}:{number}: {len(words)} words but {len(tags)} tags; expected one tag per word"
+                )
+            sentences.append([str(w) for w in words])
+            raw_tags.append([str(t) for t in tags])
+    if not sentences:
+        raise HeadstartError(f"task file {path}: no records")
+    if tag_names is None:
+        tag_names = ["O", *sorted({t for tags in raw_tags for t in tags} - {"O"}, key=lambda t: (t[2:], t))]
+    index = {name: i for i, name in enumerate(tag_names)}
+    encoded = []
+    for number, tags in enumerate(raw_tags, start=1):
+        unknown = [t for t in tags if t not in index]
+        if unknown:
+            raise HeadstartError(
+                f"task file {path}: record {number} has tag {unknown[0]!r}, outside the tag set {tag_names}"
+            )
+        encoded.append(np.array([index[t] for t in tags], dtype=np.int64))
+    return TaggedText(sentences, encoded, tag_names)

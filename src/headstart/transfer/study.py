@@ -115,7 +115,7 @@ class References:
     def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
         data = self.train
         chosen = stratified_budget(data.labels, budget, seed)
-        fit, held = split_validation(data, chosen, self.val_fraction, seed)
+        fit, held = split_validation(data.labels, chosen, self.val_fraction, seed)
         fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
         if kind == "skipgram":
             vectors = self.vectors()
@@ -125,7 +125,8 @@ class References:
         labels = torch.from_numpy(data.labels)
         probe = fit_logistic(x, labels[fit], v, labels[held], len(data.classes))
         metrics = accuracy_and_macro_f1(probe.predict(e).numpy(), self.eval.labels, len(data.classes))
-        return {"budget": len(chosen), "best_val": probe.val_accuracy, "chosen": f"logistic l2={probe.l2:g}",
+        return {"metric": "accuracy", "budget": len(chosen), "best_val": probe.val_accuracy,
+                "chosen": f"logistic l2={probe.l2:g}",
                 "steps": 0, "best_step": 0, "flops": 0.0, "sweep_flops": 0.0, **metrics}  # fmt: skip
 
 
@@ -146,6 +147,7 @@ def finetune_cell(
     best, run_name = candidates[best_name]
     summary = json.loads((best.run_dir / "result.json").read_text(encoding="utf-8"))
     return {
+        "metric": best.metric,
         "budget": summary["budget"],
         "best_val": best.best_val,
         "chosen": best_name,
@@ -190,12 +192,13 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
             cell = references.cell(source, budget, seed)
         else:
             cell = finetune_cell(config, init, source, architecture, budget, seed, run_dir / "runs")
+        metric = cell.pop("metric")
         record = {"init": init, "task": Path(base.task.train).parent.name or base.task.train, "budget_asked": budget,
-                  "seed": seed, "metric": "accuracy", "value": cell["accuracy"], **cell}  # fmt: skip
+                  "seed": seed, "metric": metric, "value": cell[metric], **cell}  # fmt: skip
         append_line(results_path, record)
         console.print(
             f"[{number}/{len(todo)}] {init} · {record['budget']} labels · seed {seed}: "
-            f"accuracy {100 * record['value']:.1f}% ({record['chosen']})",
+            f"{metric} {100 * record['value']:.1f}% ({record['chosen']})",
             highlight=False,
         )
     from headstart.transfer.report import write_report

@@ -159,14 +159,16 @@ class TaskConfig:
     """A labelled task read from JSONL: ``train`` is budgeted, ``eval`` is the reported set.
 
     ``classify``: a text and a label per record. ``tag``: a list of words and one tag per word
-    (IOB2 entities; set text_field/label_field to the lists' field names, e.g. tokens/tags)."""
+    (IOB2 entities; text_field/label_field name the lists, e.g. tokens/tags). ``translate``: a
+    source and a target text (text_field/label_field, e.g. src/tgt) for a causal checkpoint."""
 
-    kind: Literal["classify", "tag"] = "classify"
+    kind: Literal["classify", "tag", "translate"] = "classify"
     train: str = ""
     eval: str = ""
     text_field: str = "text"
     label_field: str = "label"
     max_len: int = 128
+    beam_size: int = 1  # translate: beam width for the reported score (greedy while training)
 
 
 @dataclass

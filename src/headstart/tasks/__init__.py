@@ -8,6 +8,7 @@ from headstart.errors import HeadstartError
 from headstart.tasks.base import Task
 from headstart.tasks.classify import ClassifyTask
 from headstart.tasks.tag import TagTask
+from headstart.tasks.translate import TranslateTask
 
 
 def make_task(config: TaskConfig) -> Task:
@@ -15,7 +16,9 @@ def make_task(config: TaskConfig) -> Task:
         return ClassifyTask(config)
     if config.kind == "tag":
         return TagTask(config)
-    raise HeadstartError(f"task.kind={config.kind!r}: expected classify or tag")
+    if config.kind == "translate":
+        return TranslateTask(config)
+    raise HeadstartError(f"task.kind={config.kind!r}: expected classify, tag or translate")
 
 
 __all__ = ["Task", "make_task"]

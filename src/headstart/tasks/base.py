@@ -16,6 +16,8 @@ from headstart.objectives.base import Objective
 class Task(Protocol):
     #: the score that early stopping, the sweep and the study use (higher is better)
     metric: str
+    #: whether to score the reported set at every evaluation too (for metric-vs-step curves)
+    track_eval: bool
     objective: Objective
 
     def read(self) -> None:
@@ -45,8 +47,9 @@ class Task(Protocol):
         """Frozen-backbone features and their targets, for the logistic probe."""
         ...
 
-    def score(self, model: nn.Module, encoded: Any, pad_id: int) -> dict[str, float]:
-        """The task's metrics on ``encoded`` (``metric`` among them)."""
+    def score(self, model: nn.Module, encoded: Any, pad_id: int, final: bool = False) -> dict[str, float]:
+        """The task's metrics on ``encoded`` (``metric`` among them); ``final``: the reported score
+        (a task may score a cheaper way while training, e.g. greedy decoding of a subset)."""
         ...
 
 

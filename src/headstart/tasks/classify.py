@@ -52,6 +52,7 @@ def pooled_features(model: SequenceClassifier, ids: list[np.ndarray], pad_id: in
 
 class ClassifyTask:
     metric = "accuracy"
+    track_eval = True
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -97,7 +98,7 @@ class ClassifyTask:
     def features(self, model: nn.Module, encoded: EncodedTexts, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return pooled_features(model, encoded.ids, pad_id), torch.from_numpy(encoded.labels)  # type: ignore[arg-type]
 
-    def score(self, model: nn.Module, encoded: EncodedTexts, pad_id: int) -> dict[str, float]:
+    def score(self, model: nn.Module, encoded: EncodedTexts, pad_id: int, final: bool = False) -> dict[str, float]:
         features, _ = self.features(model, encoded, pad_id)
         head = model.head
         with torch.no_grad():

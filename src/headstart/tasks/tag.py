@@ -93,6 +93,7 @@ class TagTokens:
 
 class TagTask:
     metric = "f1"
+    track_eval = True
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -162,7 +163,7 @@ class TagTask:
         tags = [torch.from_numpy(t[f >= 0]) for t, f in zip(encoded.tags, encoded.first_token, strict=True)]
         return torch.cat(hidden), torch.cat(tags)
 
-    def score(self, model: nn.Module, encoded: EncodedSentences, pad_id: int) -> dict[str, float]:
+    def score(self, model: nn.Module, encoded: EncodedSentences, pad_id: int, final: bool = False) -> dict[str, float]:
         assert self.train is not None
         names = self.train.tag_names
         head = model.head

@@ -104,7 +104,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         model.head = probe.as_linear().to(next(backbone.parameters()).device)
     if config.freeze_backbone:  # the linear probe: the backbone never changes, the head is the convex fit
         best_val = task.score(model, held_set, pad_id)[task.metric]
-        metrics = task.score(model, eval_set, pad_id)
+        metrics = task.score(model, eval_set, pad_id, final=True)
         ckpt.write_checkpoint(run_dir / "checkpoints", 0, model, {"step": 0, "l2": probe.l2}, to_dict(config))
         return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, probe_flops)
 
@@ -118,7 +118,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         if scores[task.metric] > float(best["score"]):  # the first best: the earliest step that reached it
             best.update(score=scores[task.metric], state=copy.deepcopy(model.state_dict()), step=step)
         # The reported set's score along the way, for curves only; the choice above never sees it.
-        reported = task.score(model, eval_set, pad_id)
+        reported = task.score(model, eval_set, pad_id) if task.track_eval else {}
         return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
     result = train_loop(
@@ -137,7 +137,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         quiet=quiet,
     )
     model.load_state_dict(best["state"])  # type: ignore[arg-type]
-    metrics = task.score(model, eval_set, pad_id)
+    metrics = task.score(model, eval_set, pad_id, final=True)
     flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
     return _finish(
         config, task.metric, run_dir, len(chosen), metrics, int(best["step"]), float(best["score"]), result.step, flops

@@ -27,6 +27,11 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
 
 
+def scale(metric: str) -> float:
+    """Fractions (accuracy, F1) are shown as percentages; BLEU is already on a 0–100 scale."""
+    return 1.0 if metric == "bleu" else 100.0
+
+
 def mean_and_interval(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% t-interval (0 for a single seed)."""
     mean = statistics.fmean(values)
@@ -68,13 +73,13 @@ def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, m
     fig, ax = plt.subplots(figsize=(7, 4.4), dpi=120)
     for init, by_budget in table.items():
         budgets = sorted(by_budget)
-        stats = [mean_and_interval([100 * c["value"] for c in by_budget[b]]) for b in budgets]
+        stats = [mean_and_interval([scale(metric) * c["value"] for c in by_budget[b]]) for b in budgets]
         means = [m for m, _ in stats]
         ax.plot(budgets, means, "o-", label=init, markersize=4)
         ax.fill_between(budgets, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.18)
     ax.set_xscale("log")
     ax.set_xlabel("labelled examples (log scale)")
-    ax.set_ylabel(f"{metric} (%) — mean and 95% interval over seeds")
+    ax.set_ylabel(f"{metric} — mean and 95% interval over seeds")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
@@ -92,12 +97,12 @@ def plot_steps(table: dict[str, dict[int, list[dict[str, Any]]]], runs: Path, pa
                 continue
             length = min(len(s) for s, _ in curves)
             steps = curves[0][0][:length]
-            mean = [100 * statistics.fmean(v[i] for _, v in curves) for i in range(length)]
+            mean = [scale(metric) * statistics.fmean(v[i] for _, v in curves) for i in range(length)]
             ax.plot(steps, mean, label=init)
         ax.set_title(f"{budget:,} labels")
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{metric} (%) on the reported set")
+    axes[0][0].set_ylabel(f"{metric} on the reported set")
     axes[0][0].legend()
     fig.tight_layout()
     _save(fig, path)
@@ -123,7 +128,7 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
     for init, by_budget in table.items():
         cells = []
         for budget in budgets:
-            values = [100 * c["value"] for c in by_budget.get(budget, [])]
+            values = [scale(metric) * c["value"] for c in by_budget.get(budget, [])]
             if values:
                 mean, half = mean_and_interval(values)
                 cells.append(f"{mean:.1f} ± {half:.1f} ({len(values)})")
@@ -152,7 +157,7 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
         target = config.target or scratch_means[-1]
         why = "set in the study" if config.target else f"what {scratch} reaches with {scratch_budgets[-1]:,} labels"
         lines += ["", "## Steps to target", "",
-                  f"Fine-tuning steps until the reported {metric} first reaches {100 * target:.1f}% ({why}); "
+                  f"Fine-tuning steps until the reported {metric} first reaches {scale(metric) * target:.1f} ({why}); "
                   "median over seeds (seeds there / seeds), — when none is.", "", *header(budgets)]  # fmt: skip
         for init, by_budget in table.items():
             if config.inits[init] in REFERENCES:

@@ -198,7 +198,7 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
         append_line(results_path, record)
         console.print(
             f"[{number}/{len(todo)}] {init} · {record['budget']} labels · seed {seed}: "
-            f"{metric} {100 * record['value']:.1f}% ({record['chosen']})",
+            f"{metric} {record['value']:.3f} ({record['chosen']})",
             highlight=False,
         )
     from headstart.transfer.report import write_report

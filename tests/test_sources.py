@@ -132,6 +132,13 @@ def test_jsonl_field_missing_and_non_string(tmp_path: Path) -> None:
     assert skips.examples["missing field 'body'"] == [f"{f}:2"]
 
 
+def test_jsonl_several_fields_give_a_document_each(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "pairs.jsonl", [{"src": "a cat", "tgt": "eine Katze"}, {"src": "a dog"}])
+    skips = SkipLog()
+    assert _read([str(f)], skips, jsonl_field="src,tgt") == ["a cat", "eine Katze", "a dog"]
+    assert skips.counts == {"missing field 'tgt'": 1}
+
+
 def test_jsonl_field_no_record_has_is_an_error(tmp_path: Path) -> None:
     f = _jsonl(tmp_path / "a.jsonl", [{"content": "x"}, {"content": "y"}])
     with pytest.raises(HeadstartError, match=r"no record has the field 'text' \(the first has: content\)"):

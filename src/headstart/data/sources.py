@@ -267,6 +267,8 @@ def _field(record: dict[str, Any], name: str, where: str, skips: SkipLog) -> str
 
 
 def _read_jsonl(source: Source, options: ReadOptions, skips: SkipLog) -> Iterator[tuple[str, str]]:
+    """One document per record, or per listed field (``src,tgt``: both sides of a pair, unpaired)."""
+    names = [n.strip() for n in options.jsonl_field.split(",") if n.strip()]
     name = options.jsonl_field
     records = missing = 0
     first_keys: list[str] = []
@@ -289,10 +291,11 @@ def _read_jsonl(source: Source, options: ReadOptions, skips: SkipLog) -> Iterato
                 raise HeadstartError(f"{where}: expected a JSON object per line, got a JSON {kind}")
             records += 1
             first_keys = first_keys or list(record)
-            missing += name not in record
-            value = _field(record, name, where, skips)
-            if value is not None:
-                yield value, where
+            missing += all(n not in record for n in names)
+            for field_name in names:
+                value = _field(record, field_name, where, skips)
+                if value is not None:
+                    yield value, where
     if records and missing == records:
         raise HeadstartError(
             f"{source.path}: no record has the field {name!r} "

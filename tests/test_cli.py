@@ -26,7 +26,7 @@ def assert_one_line_error(result, *fragments):
 def test_help_lists_every_verb():
     result = headstart("--help")
     assert result.returncode == 0
-    for verb in ("prepare", "pretrain", "finetune", "evaluate", "generate", "fill-mask", "quickstart"):
+    for verb in ("prepare", "pretrain", "finetune", "transfer", "evaluate", "generate", "fill-mask", "quickstart"):
         assert verb in result.stdout
     pretrain_help = headstart("pretrain", "--help").stdout
     assert "gpt-tiny" in pretrain_help and "--resume" in pretrain_help
@@ -87,3 +87,7 @@ def test_quickstart_runs_offline(tmp_path):
     report = (tmp_path / "qs" / "report.md").read_text()
     assert "perplexity" in report and "bits per byte" in report
     assert (tmp_path / "qs" / "loss_curve.png").stat().st_size > 10_000
+    assert "which standard-library package" in report and "| pretrained |" in report and "| scratch |" in report
+    cells = (tmp_path / "qs" / "transfer" / "results.jsonl").read_text().splitlines()
+    assert len(cells) == 3 * 3 * 2  # inits × budgets × seeds
+    assert (tmp_path / "qs" / "transfer" / "metric_vs_labels.png").stat().st_size > 10_000

@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-path", help="reuse this tokenizer.json instead of training one")
     p.add_argument("--vocab-size", type=int, help="vocabulary size to train (default 8192)")
     p.add_argument("--text-mode", choices=["line", "block", "file"], help="a document per line, block or file")
-    p.add_argument("--field", dest="jsonl_field", help="JSONL field holding the text (default: text); a,b: one document per listed field")
+    p.add_argument(
+        "--field",
+        dest="jsonl_field",
+        help="JSONL field holding the text (default: text); a,b: one document per listed field",
+    )
     p.add_argument("--column", dest="parquet_column", help="Parquet column holding the text (default: text)")
     p.add_argument("--val-fraction", type=float, help="share held out for validation (default 0.05)")
     p.add_argument("--val-mode", choices=["documents", "tail"], help="hold out whole documents, or the last tokens")

@@ -14,6 +14,7 @@ import os
 import sysconfig
 import tokenize
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -121,6 +122,7 @@ def write_stdlib_corpus(
     what: Literal["source", "docstrings"] = "source",
     packages: Iterable[str] | None = None,
     root: Path | None = None,
+    exclude_modules: Iterable[str] = (),
 ) -> Path:
     """Write ``stdlib_<what>.jsonl`` (document in field ``text``) under ``out_dir``; return its path.
 
@@ -132,8 +134,42 @@ def write_stdlib_corpus(
     path = out / f"stdlib_{what}.jsonl"
     tmp = path.with_name(path.name + ".tmp")
     records = iter_stdlib_sources(root, packages) if what == "source" else iter_stdlib_docstrings(root, packages)
+    excluded = set(exclude_modules)
     with open(tmp, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if record["module"] not in excluded:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def is_test_module(module: str, every: int = 5) -> bool:
+    """A stable 1-in-``every`` choice of modules (by a hash of the name, not Python's salted one)."""
+    return zlib.crc32(module.encode("utf-8")) % every == 0
+
+
+def write_package_task(out_dir: str | Path, classes: int = 8, root: Path | None = None) -> tuple[Path, Path, set[str]]:
+    """A labelled task with real labels: which standard-library package a docstring comes from.
+
+    The ``classes`` packages (multi-module ones) with the most docstrings are the labels. Whole
+    modules go to the test split (1 in 5, by name), so a test docstring's neighbours — and its
+    module's source — are never in the training split or a pretraining corpus that excludes
+    the returned test modules. Writes ``package_train.jsonl`` and ``package_test.jsonl``.
+    """
+    records = [r for r in iter_stdlib_docstrings(root) if "." in r["module"]]
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["package"]] = counts.get(record["package"], 0) + 1
+    labels = set(sorted(counts, key=lambda p: (-counts[p], p))[:classes])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {split: out / f"package_{split}.jsonl" for split in ("train", "test")}
+    test_modules = {r["module"] for r in records if r["package"] in labels and is_test_module(r["module"])}
+    for split, path in paths.items():
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                if record["package"] in labels and (record["module"] in test_modules) == (split == "test"):
+                    f.write(json.dumps({"text": record["text"], "label": record["package"]}, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    return paths["train"], paths["test"], test_modules

@@ -9,7 +9,7 @@ from headstart.data.labelled import read_labelled_jsonl, stratified_budget
 from headstart.errors import HeadstartError
 from headstart.models.heads import pool
 from headstart.objectives.classify import accuracy_and_macro_f1
-from headstart.train.finetune import layer_scale
+from headstart.train.finetune import layer_scale, split_validation
 
 
 def test_budgets_are_stratified_deterministic_and_checked():
@@ -47,6 +47,18 @@ def test_pooling_ignores_padding():
     assert torch.equal(pool(hidden, mask, "last"), hidden[:, 1])
     assert torch.equal(pool(hidden, mask, "cls"), hidden[:, 0])
     assert torch.equal(pool(hidden, mask, "max"), hidden[:, 1])
+
+
+def test_validation_split_is_stratified_disjoint_and_capped():
+    strata = np.array([0] * 80 + [1] * 20)
+    chosen = np.arange(100)
+    fit, held = split_validation(strata, chosen, 0.2, seed=3)
+    assert len(held) == 20 and not set(fit) & set(held) and sorted([*fit, *held]) == list(range(100))
+    assert (strata[held] == 1).sum() == 4  # the class shares are kept
+    _, capped = split_validation(strata, chosen, 0.2, seed=3, most=5)
+    assert len(capped) == 5 and set(strata[capped]) == {0, 1}
+    with pytest.raises(HeadstartError, match="too small to hold out"):
+        split_validation(strata, np.array([0, 85]), 0.2, seed=3)
 
 
 def test_macro_f1_and_layer_scales():

@@ -180,6 +180,7 @@ class FinetuneConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     budget: int = 0  # labelled examples drawn (class-stratified) from task.train; 0: all
     val_fraction: float = 0.2  # of the budget, held out to pick the best step (early stopping)
+    val_max: int = 2000  # at most this many held out (a large budget needs no more to choose well)
     pooling: Literal["mean", "cls", "last", "max"] = "mean"
     freeze_backbone: bool = False  # a linear probe: logistic regression on frozen pooled features
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)

@@ -84,7 +84,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         )
     task.read()
     chosen = stratified_budget(task.strata, config.budget, config.train.seed)
-    fit, held = split_validation(task.strata, chosen, config.val_fraction, config.train.seed)
+    fit, held = split_validation(task.strata, chosen, config.val_fraction, config.train.seed, config.val_max)
     pad_id = tokenizer_info(tokenizer).pad_id
     fit_set, held_set = task.encode(tokenizer, "train", fit), task.encode(tokenizer, "train", held)
     eval_set = task.encode(tokenizer, "eval")
@@ -171,11 +171,13 @@ def _finish(
 
 
 def split_validation(
-    strata: np.ndarray, chosen: np.ndarray, fraction: float, seed: int
+    strata: np.ndarray, chosen: np.ndarray, fraction: float, seed: int, most: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Carve a stratified validation split from the budget (at least one example per class)."""
+    """Carve a stratified validation split from the budget (at least one example per class,
+    at most ``most`` when it is positive)."""
     n_classes = len(np.unique(strata))
     size = max(n_classes, round(fraction * len(chosen)))
+    size = min(size, max(most, n_classes)) if most > 0 else size
     if len(chosen) - size < n_classes:
         raise HeadstartError(
             f"budget {len(chosen)}: too small to hold out {size} validation examples and still train on every class"

@@ -91,7 +91,7 @@ class References:
         task = base.task
         self.train = read_labelled_jsonl(task.train, task.text_field, task.label_field)
         self.eval = read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
-        self.val_fraction = base.val_fraction
+        self.val_fraction, self.val_max = base.val_fraction, base.val_max
         self.config, self.run_dir, self.console = config, run_dir, console
         self._vectors: WordVectors | None = None
 
@@ -115,7 +115,7 @@ class References:
     def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
         data = self.train
         chosen = stratified_budget(data.labels, budget, seed)
-        fit, held = split_validation(data.labels, chosen, self.val_fraction, seed)
+        fit, held = split_validation(data.labels, chosen, self.val_fraction, seed, self.val_max)
         fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
         if kind == "skipgram":
             vectors = self.vectors()

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from seqeval.metrics import f1_score, precision_score, recall_score
 from tokenizers import Tokenizer
 from torch import nn
@@ -23,9 +22,8 @@ from headstart.config import TaskConfig
 from headstart.data.labelled import TaggedText, read_tagged_jsonl
 from headstart.data.tokenizers import tokenizer_info
 from headstart.objectives.classify import pad_batch
+from headstart.objectives.tag import IGNORE, TagTokens
 from headstart.tasks.base import length_batches
-
-IGNORE = -100  # the target of tokens that carry no label (later sub-words, the start marker)
 
 
 @dataclass
@@ -71,24 +69,6 @@ class TokenClassifier(nn.Module):
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(idx, padding_mask=mask))
-
-
-class TagTokens:
-    """Cross-entropy over the tokens that carry a tag."""
-
-    name = "tag"
-    head_fraction = 0.0
-
-    def make_batch(self, raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return raw
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = model(batch["input"], batch["mask"]).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), ignore_index=IGNORE)
-        return loss, {}
-
-    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["mask"].sum())
 
 
 class TagTask:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -23,8 +22,9 @@ from headstart.config import TaskConfig
 from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import pad_batch
+from headstart.objectives.tag import IGNORE
+from headstart.objectives.translate import TargetLM
 from headstart.tasks.base import length_batches
-from headstart.tasks.tag import IGNORE
 
 VAL_SENTENCES = 300  # decoded for early stopping; the reported set is decoded whole
 
@@ -80,23 +80,6 @@ class Translator(nn.Module):
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.backbone.logits(self.backbone(idx, padding_mask=mask))
-
-
-class TargetLM:
-    """Next-token cross-entropy on the target side only."""
-
-    name = "translate"
-    head_fraction = 1.0
-
-    def make_batch(self, raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return raw
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = model(batch["input"], batch["mask"]).float()
-        return F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), ignore_index=IGNORE), {}
-
-    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["mask"].sum())
 
 
 @torch.no_grad()

@@ -8,9 +8,9 @@ import pytest
 from tests.conftest import make_corpus
 
 
-def headstart(*args, cwd=None):
+def headstart(*args, cwd=None, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "headstart", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "headstart", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
 
 
@@ -82,7 +82,7 @@ def test_prepare_pretrain_evaluate_generate_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_runs_offline(tmp_path):
-    result = headstart("quickstart", "--out", str(tmp_path / "qs"), "--minutes", "0.3")
+    result = headstart("quickstart", "--out", str(tmp_path / "qs"), "--minutes", "0.3", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     report = (tmp_path / "qs" / "report.md").read_text()
     assert "perplexity" in report and "bits per byte" in report

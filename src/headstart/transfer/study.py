@@ -166,6 +166,12 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
     console = console or Console(stderr=True)
     architecture = check_inits(config)
     base = load_config(FinetuneConfig, config.finetune, config.settings)
+    for name, source in config.inits.items():
+        if source in REFERENCES and base.task.kind != "classify":
+            raise HeadstartError(
+                f"inits.{name}={source}: the classical references read text classification tasks, "
+                f"not task.kind={base.task.kind}"
+            )
     train_size = len(read_labelled_jsonl(base.task.train, base.task.text_field, base.task.label_field).texts)
     for budget in config.budgets:
         if budget > train_size:

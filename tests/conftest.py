@@ -67,3 +67,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def write_task():
     """Writes a JSONL sentiment-like task: write_task(path, records, seed)."""
     return _write_task
+
+
+def _tiny_checkpoint(shards: Path, out: Path, recipe: str, width: int) -> Path:
+    from headstart import api
+
+    overrides = [f"data.shards={shards}", f"run.out_dir={out}", "run.name=p", "model.n_layer=2",
+                 f"model.n_embd={width}", "model.n_head=2", "model.context=32", "train.seq_len=32",
+                 "train.batch_size=4", "train.steps=10", "train.eval_every=0", "train.precision=fp32"]  # fmt: skip
+    return api.pretrain(recipe, overrides, quiet=True).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_shards, tmp_path_factory) -> Path:
+    """A 2-layer masked-LM checkpoint pretrained for a few steps on the tiny corpus."""
+    return _tiny_checkpoint(tiny_shards, tmp_path_factory.mktemp("encoder"), "bert-tiny", 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tiny_shards, tmp_path_factory) -> Path:
+    """A 2-layer causal-LM checkpoint pretrained for a few steps on the tiny corpus."""
+    return _tiny_checkpoint(tiny_shards, tmp_path_factory.mktemp("decoder"), "gpt-tiny", 64)

@@ -72,38 +72,29 @@ def test_macro_f1_and_layer_scales():
     assert scale("backbone.embed.weight") == 0.125
 
 
-def test_finetune_pretrained_and_scratch_learn_the_task(tiny_shards, tmp_path, write_task):
-    pretrained = api.pretrain(
-        "bert-tiny",
-        [f"data.shards={tiny_shards}", f"run.out_dir={tmp_path}", "run.name=p", "model.n_layer=2",
-         "model.n_embd=32", "model.n_head=2", "model.context=32", "train.seq_len=32", "train.batch_size=4",
-         "train.steps=10", "train.eval_every=0", "train.precision=fp32"],
-        quiet=True,
-    )  # fmt: skip
+def test_finetune_pretrained_and_scratch_learn_the_task(tiny_encoder, tmp_path, write_task):
     train, dev = write_task(tmp_path / "train.jsonl", 300, 0), write_task(tmp_path / "dev.jsonl", 100, 1)
     common = [
         f"task.train={train}", f"task.eval={dev}", "task.max_len=16", f"run.out_dir={tmp_path}", "budget=200",
         "train.steps=60", "train.eval_every=20", "train.precision=fp32", "optim.lr=3e-3",
     ]  # fmt: skip
-    tuned = api.finetune("sst2", [*common, f"init={pretrained.checkpoint}"], quiet=True)
-    scratch = api.finetune("sst2", [*common, "init=scratch", f"architecture={pretrained.checkpoint}"], quiet=True)
+    tuned = api.finetune("sst2", [*common, f"init={tiny_encoder}"], quiet=True)
+    scratch = api.finetune("sst2", [*common, "init=scratch", f"architecture={tiny_encoder}"], quiet=True)
     for result in (tuned, scratch):
         assert result.metrics["accuracy"] > 0.8
         assert result.best_step in (20, 40, 60)
         saved = json.loads((result.run_dir / "result.json").read_text())
         assert saved["budget"] == 200 and saved["accuracy"] == result.metrics["accuracy"]
     probe = api.finetune(
-        "sst2", [*common, f"init={pretrained.checkpoint}", "freeze_backbone=true", "run.name=probe"], quiet=True
+        "sst2", [*common, f"init={tiny_encoder}", "freeze_backbone=true", "run.name=probe"], quiet=True
     )
     assert probe.steps == 0 and probe.metrics["accuracy"] > 0.8
-    lpft = api.finetune(
-        "sst2", [*common, f"init={pretrained.checkpoint}", "head_init=probe", "run.name=lpft"], quiet=True
-    )
+    lpft = api.finetune("sst2", [*common, f"init={tiny_encoder}", "head_init=probe", "run.name=lpft"], quiet=True)
     assert lpft.metrics["accuracy"] > 0.8 and lpft.flops > tuned.flops  # the probe's forward passes are counted
     from safetensors.torch import load_file
 
     weights = load_file(str(next((probe.run_dir / "checkpoints").iterdir()) / "model.safetensors"))
-    original = load_file(str(pretrained.checkpoint / "model.safetensors"))
+    original = load_file(str(tiny_encoder / "model.safetensors"))
     assert torch.equal(weights["backbone.embed.weight"], original["embed.weight"])  # the backbone stayed frozen
 
 

@@ -7,17 +7,9 @@ from headstart.errors import HeadstartError
 from headstart.transfer.report import mean_and_interval
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained")
-    result = api.pretrain(
-        "bert-tiny",
-        [f"data.shards={tiny_shards}", f"run.out_dir={out}", "run.name=p", "model.n_layer=2", "model.n_embd=32",
-         "model.n_head=2", "model.context=32", "train.seq_len=32", "train.batch_size=4", "train.steps=10",
-         "train.eval_every=0", "train.precision=fp32"],
-        quiet=True,
-    )  # fmt: skip
-    return result.checkpoint
+@pytest.fixture
+def encoder(tiny_encoder):
+    return tiny_encoder
 
 
 def study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="3e-3", budgets="[20, 60]"):

@@ -66,16 +66,9 @@ def test_tagged_input_errors(tmp_path):
         read_tagged_jsonl(empty)
 
 
-def test_ner_finetune_learns_entities(tiny_shards, tmp_path):
-    pretrained = api.pretrain(
-        "bert-tiny",
-        [f"data.shards={tiny_shards}", f"run.out_dir={tmp_path}", "run.name=p", "model.n_layer=2", "model.n_embd=32",
-         "model.n_head=2", "model.context=32", "train.seq_len=32", "train.batch_size=4", "train.steps=5",
-         "train.eval_every=0", "train.precision=fp32"],
-        quiet=True,
-    )  # fmt: skip
+def test_ner_finetune_learns_entities(tiny_encoder, tmp_path):
     train, test = write_ner(tmp_path / "train.jsonl", 300, 0), write_ner(tmp_path / "test.jsonl", 80, 1)
-    settings = [f"task.train={train}", f"task.eval={test}", f"init={pretrained.checkpoint}", f"run.out_dir={tmp_path}",
+    settings = [f"task.train={train}", f"task.eval={test}", f"init={tiny_encoder}", f"run.out_dir={tmp_path}",
                 "budget=200", "train.steps=80", "train.eval_every=20", "train.precision=fp32", "optim.lr=3e-3",
                 "task.max_len=32"]  # fmt: skip
     result = api.finetune("conll2003", settings, quiet=True)

@@ -56,17 +56,10 @@ def test_greedy_decoding_matches_generate_and_beam_scores_at_least_as_high():
     assert compared >= 2
 
 
-def test_translation_finetune_learns_to_copy(tiny_shards, tmp_path):
-    pretrained = api.pretrain(
-        "gpt-tiny",
-        [f"data.shards={tiny_shards}", f"run.out_dir={tmp_path}", "run.name=p", "model.n_layer=2", "model.n_embd=64",
-         "model.n_head=2", "model.context=32", "train.seq_len=32", "train.batch_size=4", "train.steps=5",
-         "train.eval_every=0", "train.precision=fp32"],
-        quiet=True,
-    )  # fmt: skip
+def test_translation_finetune_learns_to_copy(tiny_decoder, tmp_path):
     train, test = write_pairs(tmp_path / "train.jsonl", 400, 0), write_pairs(tmp_path / "test.jsonl", 40, 1)
-    settings = [f"task.train={train}", f"task.eval={test}", f"init={pretrained.checkpoint}", f"run.out_dir={tmp_path}",
-                "budget=300", "train.steps=150", "train.eval_every=50", "train.precision=fp32", "optim.lr=3e-3",
+    settings = [f"task.train={train}", f"task.eval={test}", f"init={tiny_decoder}", f"run.out_dir={tmp_path}",
+                "budget=300", "train.steps=300", "train.eval_every=100", "train.precision=fp32", "optim.lr=3e-3",
                 "task.max_len=32", "task.beam_size=2", "train.batch_size=16"]  # fmt: skip
     result = api.finetune("multi30k", settings, quiet=True)
     assert result.metric == "bleu" and result.metrics["bleu"] > 50

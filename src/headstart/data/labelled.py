@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,19 +25,13 @@ class LabelledText:
     classes: list[str]  # class index → the label as written in the data
 
 
-def read_labelled_jsonl(
-    path: str | Path, text_field: str = "text", label_field: str = "label", classes: list[str] | None = None
-) -> LabelledText:
-    """Records ``{text_field: str, label_field: label}``; labels become class indices.
-
-    ``classes`` fixes the label set (pass the training set's when reading dev/test): a label
-    outside it is an error naming the line, never a silent new class.
-    """
+def iter_task_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each JSON object of a task file; any other line is an error
+    naming it, and a file without records is one too."""
     path = Path(path)
     if not path.is_file():
         raise HeadstartError(f"task file {path}: no such file")
-    texts: list[str] = []
-    raw_labels: list[str] = []
+    found = False
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -44,15 +40,32 @@ def read_labelled_jsonl(
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise HeadstartError(f"task file {path}:{number}: not valid JSON") from None
-            if not isinstance(record, dict) or text_field not in record or label_field not in record:
-                raise HeadstartError(f"task file {path}:{number}: expected fields {text_field!r} and {label_field!r}")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise HeadstartError(f"task file {path}:{number}: field {text_field!r} is not a string")
-            texts.append(text)
-            raw_labels.append(str(record[label_field]))
-    if not texts:
+            if not isinstance(record, dict):
+                raise HeadstartError(f"task file {path}:{number}: expected a JSON object")
+            found = True
+            yield number, record
+    if not found:
         raise HeadstartError(f"task file {path}: no records")
+
+
+def read_labelled_jsonl(
+    path: str | Path, text_field: str = "text", label_field: str = "label", classes: list[str] | None = None
+) -> LabelledText:
+    """Records ``{text_field: str, label_field: label}``; labels become class indices.
+
+    ``classes`` fixes the label set (pass the training set's when reading dev/test): a label
+    outside it is an error naming the line, never a silent new class.
+    """
+    texts: list[str] = []
+    raw_labels: list[str] = []
+    for number, record in iter_task_records(path):
+        if text_field not in record or label_field not in record:
+            raise HeadstartError(f"task file {path}:{number}: expected fields {text_field!r} and {label_field!r}")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise HeadstartError(f"task file {path}:{number}: field {text_field!r} is not a string")
+        texts.append(text)
+        raw_labels.append(str(record[label_field]))
     if classes is None:
         classes = sorted(set(raw_labels), key=_label_order)
     index = {name: i for i, name in enumerate(classes)}
@@ -117,34 +130,18 @@ def read_tagged_jsonl(
     path: str | Path, words_field: str = "tokens", tags_field: str = "tags", tag_names: list[str] | None = None
 ) -> TaggedText:
     """Records ``{words_field: [word, ...], tags_field: [tag, ...]}`` of equal length (IOB2 tags)."""
-    path = Path(path)
-    if not path.is_file():
-        raise HeadstartError(f"task file {path}: no such file")
     sentences: list[list[str]] = []
     raw_tags: list[list[str]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise HeadstartError(f"task file {path}:{number}: not valid JSON") from None
-            words, tags = (
-                (record.get(words_field), record.get(tags_field)) if isinstance(record, dict) else (None, None)
+    for number, record in iter_task_records(path):
+        words, tags = record.get(words_field), record.get(tags_field)
+        if not isinstance(words, list) or not isinstance(tags, list):
+            raise HeadstartError(f"task file {path}:{number}: expected list fields {words_field!r} and {tags_field!r}")
+        if len(words) != len(tags):
+            raise HeadstartError(
+                f"task file {path}:{number}: {len(words)} words but {len(tags)} tags; expected one tag per word"
             )
-            if not isinstance(words, list) or not isinstance(tags, list):
-                raise HeadstartError(
-                    f"task file {path}:{number}: expected list fields {words_field!r} and {tags_field!r}"
-                )
-            if len(words) != len(tags):
-                raise HeadstartError(
-                    f"task file {path}:{number}: {len(words)} words but {len(tags)} tags; expected one tag per word"
-                )
-            sentences.append([str(w) for w in words])
-            raw_tags.append([str(t) for t in tags])
-    if not sentences:
-        raise HeadstartError(f"task file {path}: no records")
+        sentences.append([str(w) for w in words])
+        raw_tags.append([str(t) for t in tags])
     if tag_names is None:
         tag_names = ["O", *sorted({t for tags in raw_tags for t in tags} - {"O"}, key=lambda t: (t[2:], t))]
     index = {name: i for i, name in enumerate(tag_names)}

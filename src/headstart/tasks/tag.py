@@ -22,7 +22,7 @@ from headstart.config import TaskConfig
 from headstart.data.labelled import TaggedText, read_tagged_jsonl
 from headstart.data.tokenizers import tokenizer_info
 from headstart.objectives.classify import pad_batch
-from headstart.objectives.tag import IGNORE, TagTokens
+from headstart.objectives.tag import IGNORE, TokenTargets
 from headstart.tasks.base import length_batches
 
 
@@ -77,7 +77,7 @@ class TagTask:
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
-        self.objective = TagTokens()
+        self.objective = TokenTargets("tag", head_fraction=0.0)
         self.train: TaggedText | None = None
         self.eval: TaggedText | None = None
 

@@ -7,7 +7,6 @@ its own length); reported as corpus BLEU (sacreBLEU, 13a tokenization, 0–100).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from headstart.config import TaskConfig
+from headstart.data.labelled import iter_task_records
 from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import pad_batch
-from headstart.objectives.tag import IGNORE
-from headstart.objectives.translate import TargetLM
+from headstart.objectives.tag import IGNORE, TokenTargets
 from headstart.tasks.base import length_batches
 
 VAL_SENTENCES = 300  # decoded for early stopping; the reported set is decoded whole
@@ -36,27 +35,15 @@ class Pairs:
 
 
 def read_pairs(path: str | Path, source_field: str, target_field: str) -> Pairs:
-    path = Path(path)
-    if not path.is_file():
-        raise HeadstartError(f"task file {path}: no such file")
     sources, targets = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise HeadstartError(f"task file {path}:{number}: not valid JSON") from None
-            pair = [record.get(f) if isinstance(record, dict) else None for f in (source_field, target_field)]
-            if not all(isinstance(x, str) and x.strip() for x in pair):
-                raise HeadstartError(
-                    f"task file {path}:{number}: expected non-empty text fields {source_field!r} and {target_field!r}"
-                )
-            sources.append(pair[0])
-            targets.append(pair[1])
-    if not sources:
-        raise HeadstartError(f"task file {path}: no records")
+    for number, record in iter_task_records(path):
+        pair = [record.get(source_field), record.get(target_field)]
+        if not all(isinstance(x, str) and x.strip() for x in pair):
+            raise HeadstartError(
+                f"task file {path}:{number}: expected non-empty text fields {source_field!r} and {target_field!r}"
+            )
+        sources.append(pair[0])
+        targets.append(pair[1])
     return Pairs(sources, targets)
 
 
@@ -137,7 +124,7 @@ class TranslateTask:
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
-        self.objective = TargetLM()
+        self.objective = TokenTargets("translate", head_fraction=1.0)
         self.train: Pairs | None = None
         self.eval: Pairs | None = None
         self.tokenizer: Tokenizer | None = None

@@ -33,8 +33,13 @@ def loss_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.png")
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write the PNG under a temporary name and rename it: a crash leaves the previous plot."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
     fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    tmp.replace(path)
+    return path

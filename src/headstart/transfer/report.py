@@ -11,12 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from headstart.config import StudyConfig
+from headstart.plots import plt, save_figure  # plots sets the display-free backend first
 from headstart.train import checkpoint as ckpt
 from headstart.transfer.efficiency import label_efficiency, steps_to_target
 from headstart.transfer.reference import WordVectors
@@ -62,13 +58,6 @@ def eval_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, metric: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.4), dpi=120)
     for init, by_budget in table.items():
@@ -83,7 +72,7 @@ def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, m
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_steps(table: dict[str, dict[int, list[dict[str, Any]]]], runs: Path, path: Path, metric: str) -> None:
@@ -105,7 +94,7 @@ def plot_steps(table: dict[str, dict[int, list[dict[str, Any]]]], runs: Path, pa
     axes[0][0].set_ylabel(f"{metric} on the reported set")
     axes[0][0].legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def header(budgets: list[int], unit: str = "") -> list[str]:

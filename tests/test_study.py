@@ -78,3 +78,33 @@ def test_mean_and_interval_uses_the_t_quantile():
     mean, half = mean_and_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5)
     assert mean_and_interval([0.5]) == (0.5, 0.0)
+
+
+def test_a_signal_stops_the_whole_study_and_records_no_half_trained_cell(
+    tmp_path, encoder, tiny_shards, write_task, monkeypatch
+):
+    import os
+    import signal
+
+    import headstart.train.finetune as finetune_module
+    from headstart.errors import Interrupted
+
+    real_loop, calls = finetune_module.train_loop, []
+
+    def loop_signalled_in_its_second_run(*args, evaluate, **kwargs):
+        calls.append(1)
+
+        def evaluate_then_signal(model):
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends; the loop's handler catches it
+            return evaluate(model)
+
+        return real_loop(*args, evaluate=evaluate_then_signal, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "train_loop", loop_signalled_in_its_second_run)
+    path = study_yaml(write_task, tmp_path, encoder, tiny_shards.parent / "corpus.txt")
+    with pytest.raises(Interrupted, match="1 of 16 cells are saved; rerun"):
+        api.transfer(str(path))  # the first cell's probe and fine-tune finish; the second cell's is signalled
+    records = (tmp_path / "runs" / "s" / "results.jsonl").read_text().splitlines()
+    assert len(records) == 1 and json.loads(records[0])["init"] == "pretrained"
+    assert len(calls) == 2  # the study stopped at once instead of going on to the next cell

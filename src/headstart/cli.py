@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except HeadstartError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         code = 1
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
+    except KeyboardInterrupt as stop:
+        Console(stderr=True).print(str(stop) or "interrupted", highlight=False, soft_wrap=True)
         code = 130
     sys.exit(code)

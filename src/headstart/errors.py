@@ -6,3 +6,11 @@ class HeadstartError(Exception):
 
     The message names the input and what was expected; no traceback is shown for it.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run after it saved what it could; the message says how to go on.
+
+    A KeyboardInterrupt, so whatever wraps the run (a study, the CLI) stops too instead of
+    recording a half-trained result as finished.
+    """

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from headstart.config import FinetuneConfig, PretrainConfig, build, save_yaml, to_dict
 from headstart.data.labelled import stratified_budget
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, Interrupted
 from headstart.models.transformer import Transformer
 from headstart.tasks import make_task
 from headstart.tasks.base import ExampleBatches
@@ -136,6 +136,8 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         console=console,
         quiet=quiet,
     )
+    if result.interrupted:  # a fine-tune is short: nothing half-trained is reported, a rerun starts over
+        raise Interrupted(f"fine-tune {run_dir} interrupted at step {result.step}; rerun it to start over")
     model.load_state_dict(best["state"])  # type: ignore[arg-type]
     metrics = task.score(model, eval_set, pad_id, final=True)
     flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)

@@ -20,7 +20,7 @@ from rich.console import Console
 from headstart.config import FinetuneConfig, StudyConfig, load_config, save_yaml
 from headstart.data.labelled import read_labelled_jsonl, stratified_budget
 from headstart.data.sources import ReadOptions, SkipLog, read_documents
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, Interrupted
 from headstart.objectives.classify import accuracy_and_macro_f1
 from headstart.train import checkpoint as ckpt
 from headstart.train.finetune import finetune, split_validation
@@ -194,10 +194,17 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
     console.print(f"study {run_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     for number, (budget, seed, init) in enumerate(todo, start=1):
         source = config.inits[init]
-        if source in REFERENCES:
-            cell = references.cell(source, budget, seed)
-        else:
-            cell = finetune_cell(config, init, source, architecture, budget, seed, run_dir / "runs")
+        try:
+            if source in REFERENCES:
+                cell = references.cell(source, budget, seed)
+            else:
+                cell = finetune_cell(config, init, source, architecture, budget, seed, run_dir / "runs")
+        except KeyboardInterrupt as stop:
+            done_now = len(cells) - len(todo) + number - 1
+            raise Interrupted(
+                f"study {run_dir} interrupted during {init} · {budget or 'all'} labels · seed {seed}; "
+                f"{done_now} of {len(cells)} cells are saved; rerun the same command to go on"
+            ) from stop
         metric = cell.pop("metric")
         record = {"init": init, "task": Path(base.task.train).parent.name or base.task.train, "budget_asked": budget,
                   "seed": seed, "metric": metric, "value": cell[metric], **cell}  # fmt: skip

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from headstart import api
+from headstart.config import TrainConfig
 from headstart.data.labelled import read_labelled_jsonl, stratified_budget
 from headstart.errors import HeadstartError
 from headstart.models.heads import pool
 from headstart.objectives.classify import accuracy_and_macro_f1
-from headstart.train.finetune import layer_scale, split_validation
+from headstart.train.finetune import layer_scale, split_validation, steps_for_epochs
 
 
 def test_budgets_are_stratified_deterministic_and_checked():
@@ -72,6 +73,15 @@ def test_macro_f1_and_layer_scales():
     assert scale("backbone.embed.weight") == 0.125
 
 
+def test_min_epochs_lengthens_large_budgets_only():
+    short = TrainConfig(steps=300, batch_size=32, eval_every=25)
+    assert steps_for_epochs(short, 1.0, 1600) == short  # 300 steps already pass over 1,600 examples 6 times
+    assert steps_for_epochs(short, 0.0, 65_000) == short
+    long = steps_for_epochs(short, 1.0, 65_000)
+    assert long.steps == 2032 and long.eval_every == 170  # ⌈65000/32⌉, evaluations spaced by the same factor
+    assert steps_for_epochs(TrainConfig(steps=10, batch_size=4, grad_accum=2, eval_every=0), 2.0, 100).steps == 25
+
+
 def test_finetune_pretrained_and_scratch_learn_the_task(tiny_encoder, tmp_path, write_task):
     train, dev = write_task(tmp_path / "train.jsonl", 300, 0), write_task(tmp_path / "dev.jsonl", 100, 1)
     common = [
@@ -91,6 +101,8 @@ def test_finetune_pretrained_and_scratch_learn_the_task(tiny_encoder, tmp_path, 
     assert probe.steps == 0 and probe.metrics["accuracy"] > 0.8
     lpft = api.finetune("sst2", [*common, f"init={tiny_encoder}", "head_init=probe", "run.name=lpft"], quiet=True)
     assert lpft.metrics["accuracy"] > 0.8 and lpft.flops > tuned.flops  # the probe's forward passes are counted
+    epochs = api.finetune("sst2", [*common, f"init={tiny_encoder}", "min_epochs=16", "run.name=epochs"], quiet=True)
+    assert epochs.steps == 80  # 16 passes over the 160 examples left after validation, in batches of 32
     from safetensors.torch import load_file
 
     weights = load_file(str(next((probe.run_dir / "checkpoints").iterdir()) / "model.safetensors"))

@@ -62,6 +62,22 @@ def test_study_writes_results_report_and_plots_and_resumes(tmp_path, encoder, ti
         api.transfer(str(study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="1e-3")))
 
 
+def other_tokenizer(checkpoint, tmp_path):
+    """A copy of ``checkpoint`` whose tokenizer has one merge fewer, re-manifested so it verifies."""
+    import hashlib
+    import shutil
+
+    copy = tmp_path / "other-tokenizer"
+    shutil.copytree(checkpoint, copy)
+    tokenizer = json.loads((copy / "tokenizer.json").read_text())
+    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]
+    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["sha256"]["tokenizer.json"] = hashlib.sha256((copy / "tokenizer.json").read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
 def test_study_input_errors(tmp_path, encoder, tiny_shards, write_task):
     corpus = tiny_shards.parent / "corpus.txt"
     with pytest.raises(HeadstartError, match="5000 labels asked"):
@@ -69,6 +85,11 @@ def test_study_input_errors(tmp_path, encoder, tiny_shards, write_task):
     with pytest.raises(HeadstartError, match="missing-run"):
         api.transfer(
             str(study_yaml(write_task, tmp_path, encoder, corpus)), [f"inits.pretrained={tmp_path}/missing-run"]
+        )
+    with pytest.raises(HeadstartError, match=r"inits.other=.*: its tokenizer differs"):
+        api.transfer(
+            str(study_yaml(write_task, tmp_path, encoder, corpus)),
+            [f"inits.other={other_tokenizer(encoder, tmp_path)}"],
         )
     with pytest.raises(HeadstartError, match="the skipgram init needs unlabelled text"):
         api.transfer(str(study_yaml(write_task, tmp_path, encoder, corpus)), ["reference_text=[]"])

@@ -185,6 +185,9 @@ class FinetuneConfig:
     freeze_backbone: bool = False  # a linear probe: logistic regression on frozen pooled features
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
+    # At least this many passes over the training split: a large budget gets proportionally more
+    # steps (and evaluations as often in relative terms) than train.steps, which suits small ones.
+    min_epochs: float = 0.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=20, min_lr_ratio=0.0))
     train: TrainConfig = field(

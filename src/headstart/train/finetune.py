@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from rich.console import Console
 from tokenizers import Tokenizer
 
-from headstart.config import FinetuneConfig, PretrainConfig, build, save_yaml, to_dict
+from headstart.config import FinetuneConfig, PretrainConfig, TrainConfig, build, save_yaml, to_dict
 from headstart.data.labelled import stratified_budget
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.errors import HeadstartError, Interrupted
@@ -56,6 +57,16 @@ def load_backbone(config: FinetuneConfig) -> tuple[Transformer, Tokenizer]:
     return backbone_of(trained), load_tokenizer(folder / "tokenizer.json")
 
 
+def steps_for_epochs(train: TrainConfig, min_epochs: float, examples: int) -> TrainConfig:
+    """``train`` with enough steps for ``min_epochs`` passes over ``examples``; evaluations are
+    spaced out by the same factor, so a long run is not dominated by them."""
+    needed = math.ceil(min_epochs * examples / (train.batch_size * train.grad_accum))
+    if needed <= train.steps:
+        return train
+    every = math.ceil(train.eval_every * needed / train.steps) if train.eval_every else 0
+    return replace(train, steps=needed, eval_every=every)
+
+
 def layer_scale(depth: int, decay: float):
     """lr scale by parameter name: the head 1, block l decay^(depth − l), the embedding decay^(depth + 1)."""
 
@@ -88,6 +99,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     pad_id = tokenizer_info(tokenizer).pad_id
     fit_set, held_set = task.encode(tokenizer, "train", fit), task.encode(tokenizer, "train", held)
     eval_set = task.encode(tokenizer, "eval")
+    config = replace(config, train=steps_for_epochs(config.train, config.min_epochs, task.size(fit_set)))
 
     model = task.build_model(backbone, config.pooling)
     name = config.run.name or f"finetune-{Path(config.init).name}-{config.budget}-{config.train.seed}"

@@ -42,6 +42,13 @@ def check_inits(config: StudyConfig) -> str:
     architecture = config.architecture or (checkpoints[0] if checkpoints else "")
     if "scratch" in config.inits.values() and not architecture:
         raise HeadstartError("architecture: a scratch init needs a checkpoint whose shape and tokenizer to copy")
+    if "scratch" in config.inits.values():
+        for name, path in config.inits.items():
+            if path in checkpoints and (mismatch := differs_from(path, architecture)):
+                raise HeadstartError(
+                    f"inits.{name}={path}: its {mismatch} differs from the architecture's ({architecture}), "
+                    "so scratch would not be the same model; give it a study of its own"
+                )
     if "skipgram" in config.inits.values() and not config.reference_text:
         raise HeadstartError("reference_text: the skipgram init needs unlabelled text files to train word vectors on")
     if not config.sweep:
@@ -49,6 +56,17 @@ def check_inits(config: StudyConfig) -> str:
     if config.seeds < 1:
         raise HeadstartError(f"seeds={config.seeds}: expected at least 1")
     return architecture
+
+
+def differs_from(path: str, architecture: str) -> str:
+    """What makes the checkpoint at ``path`` a different model from ``architecture``: its
+    tokenizer, its model settings, or nothing (empty)."""
+    folders = [ckpt.resolve_checkpoint(p) for p in (path, architecture)]
+    tokenizers = [(f / "tokenizer.json").read_bytes() for f in folders]
+    if tokenizers[0] != tokenizers[1]:
+        return "tokenizer"
+    models = [ckpt.read_config(f).get("model") for f in folders]
+    return "model settings" if models[0] != models[1] else ""
 
 
 def check_resumable(run_dir: Path, config: StudyConfig) -> None:

@@ -93,8 +93,11 @@ def decode(
     for _ in range(max_new):
         if bool(done.all()) or int(lengths.max()) >= width:
             break
-        mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
-        logits = model(buffer, mask)[torch.arange(n * beam, device=device), lengths - 1].float()
+        # Causal: nothing beyond the longest row can matter, and only each row's last position is read out.
+        span = int(lengths.max())
+        mask = torch.arange(span, device=device)[None, :] < lengths[:, None]
+        hidden = model.backbone(buffer[:, :span], padding_mask=mask)
+        logits = model.backbone.logits(hidden[torch.arange(n * beam, device=device), lengths - 1]).float()
         logprobs = logits.log_softmax(-1)
         logprobs[done] = float("-inf")
         logprobs[done, stop] = 0.0  # a finished beam only continues with nothing

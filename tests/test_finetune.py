@@ -33,7 +33,7 @@ def test_labels_outside_the_training_label_set_are_errors(tmp_path):
     assert data.classes == ["neg", "pos"] and data.labels.tolist() == [1, 0]
     dev = tmp_path / "dev.jsonl"
     dev.write_text('{"text": "c", "label": "neutral"}\n')
-    with pytest.raises(HeadstartError, match="outside the label set"):
+    with pytest.raises(HeadstartError, match=r"outside the training set's 2 labels \["):
         read_labelled_jsonl(dev, classes=data.classes)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")

@@ -76,3 +76,30 @@ def test_ner_finetune_learns_entities(tiny_encoder, tmp_path):
     assert result.metrics["f1"] > 0.8
     probe = api.finetune("conll2003", [*settings, "freeze_backbone=true", "run.name=probe"], quiet=True)
     assert 0.0 <= probe.metrics["f1"] <= 1.0 and probe.steps == 0
+
+
+def test_ner_transfer_study_runs_and_reports_f1(tiny_encoder, tmp_path):
+    train, test = write_ner(tmp_path / "train.jsonl", 200, 0), write_ner(tmp_path / "test.jsonl", 40, 1)
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        f"""
+finetune: conll2003
+settings: [task.train={train}, task.eval={test}, task.max_len=32, train.steps=20, train.eval_every=10,
+           train.precision=fp32, optim.lr=3e-3]
+inits: {{pretrained: {tiny_encoder}, scratch: scratch}}
+budgets: [60, 0]
+seeds: 1
+sweep: {{lr: []}}
+run: {{out_dir: {tmp_path}, name: ner-study}}
+"""
+    )
+    report = api.transfer(str(study))
+    records = [json.loads(line) for line in (report.parent / "results.jsonl").read_text().splitlines()]
+    assert [(r["init"], r["budget"]) for r in records] == [
+        ("pretrained", 60),
+        ("scratch", 60),
+        ("pretrained", 200),
+        ("scratch", 200),
+    ]
+    assert all(r["metric"] == "f1" and 0.0 <= r["value"] <= 1.0 for r in records)
+    assert "f1" in report.read_text()

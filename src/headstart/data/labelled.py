@@ -72,9 +72,16 @@ def read_labelled_jsonl(
     for number, label in enumerate(raw_labels, start=1):
         if label not in index:
             raise HeadstartError(
-                f"task file {path}: record {number} has label {label!r}, outside the label set {classes}"
+                f"task file {path}: record {number} has label {label!r}, outside the training set's "
+                f"{len(classes)} labels {shown(classes)}"
             )
     return LabelledText(texts, np.array([index[label] for label in raw_labels], dtype=np.int64), classes)
+
+
+def shown(labels: list[str], most: int = 8) -> str:
+    """A label set short enough for a one-line error."""
+    listed = ", ".join(repr(label[:40]) for label in labels[:most])
+    return f"[{listed}{', …' if len(labels) > most else ''}]"
 
 
 def _label_order(label: str) -> tuple[int, float | str]:

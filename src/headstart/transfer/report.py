@@ -46,15 +46,17 @@ def grouped(records: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str,
     return table
 
 
-def eval_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    """The reported-set accuracy at each evaluation of a fine-tune run."""
+def eval_curve(run_dir: Path, metric: str, split: str = "eval") -> tuple[list[int], list[float]]:
+    """``metric`` at each evaluation of a fine-tune run, on the reported set (``eval``) or on
+    the carved validation split (``val``: for tasks too costly to score in full along the way)."""
     path = run_dir / "metrics.jsonl"
+    key = f"{split}_{metric}"
     steps, values = [], []
     for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         record = json.loads(line)
-        if "eval_accuracy" in record:
+        if key in record:
             steps.append(record["step"])
-            values.append(record["eval_accuracy"])
+            values.append(record[key])
     return steps, values
 
 
@@ -77,10 +79,14 @@ def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, m
 
 def plot_steps(table: dict[str, dict[int, list[dict[str, Any]]]], runs: Path, path: Path, metric: str) -> None:
     budgets = sorted({b for by_budget in table.values() for b in by_budget})
+    runs_made = [
+        c["run"] for by_budget in table.values() for cells in by_budget.values() for c in cells if c.get("run")
+    ]
+    split = "eval" if any(eval_curve(runs / r, metric)[0] for r in runs_made) else "val"
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), dpi=110, squeeze=False)
     for ax, budget in zip(axes[0], budgets, strict=True):
         for init, by_budget in table.items():
-            curves = [eval_curve(runs / c["run"]) for c in by_budget.get(budget, []) if c.get("run")]
+            curves = [eval_curve(runs / c["run"], metric, split) for c in by_budget.get(budget, []) if c.get("run")]
             curves = [c for c in curves if c[0]]
             if not curves:
                 continue
@@ -91,8 +97,9 @@ def plot_steps(table: dict[str, dict[int, list[dict[str, Any]]]], runs: Path, pa
         ax.set_title(f"{budget:,} labels")
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{metric} on the reported set")
-    axes[0][0].legend()
+    axes[0][0].set_ylabel(f"{metric} on the " + ("reported set" if split == "eval" else "validation split"))
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend()
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -153,7 +160,7 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
                 continue
             cells = []
             for budget in budgets:
-                reached = [steps_to_target(*eval_curve(run_dir / "runs" / c["run"]), target)
+                reached = [steps_to_target(*eval_curve(run_dir / "runs" / c["run"], metric), target)
                            for c in by_budget.get(budget, []) if c.get("run")]  # fmt: skip
                 hits = sorted(s for s in reached if s is not None)
                 cells.append(f"{statistics.median(hits):.0f} ({len(hits)}/{len(reached)})" if hits else "—")
@@ -164,7 +171,7 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
     lines += ["## What each init was given and chose", "",
               "Sweep (the same for every fine-tuned init): " + "; ".join(f"`{n}`: {' '.join(o) or 'recipe defaults'}"
               for n, o in config.sweep.items()) + f". Base recipe `{config.finetune}`. "
-              "Each cell kept the candidate with the best accuracy on the validation split carved from its own "
+              f"Each cell kept the candidate with the best {metric} on the validation split carved from its own "
               "budget; references fit a logistic regression whose L2 strength is chosen the same way.", "",
               "| init | source | chosen (cells) |", "|---|---|---|"]  # fmt: skip
     for init, by_budget in table.items():

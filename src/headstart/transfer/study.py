@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from rich.console import Console
 
 from headstart.config import FinetuneConfig, StudyConfig, load_config, save_yaml
-from headstart.data.labelled import read_labelled_jsonl, stratified_budget
+from headstart.data.labelled import LabelledText, iter_task_records, read_labelled_jsonl, stratified_budget
 from headstart.data.sources import ReadOptions, SkipLog, read_documents
 from headstart.errors import HeadstartError, Interrupted
 from headstart.objectives.classify import accuracy_and_macro_f1
@@ -106,9 +107,7 @@ class References:
     """The classical reference inits, read out by the same logistic probe as a frozen backbone."""
 
     def __init__(self, config: StudyConfig, base: FinetuneConfig, run_dir: Path, console: Console) -> None:
-        task = base.task
-        self.train = read_labelled_jsonl(task.train, task.text_field, task.label_field)
-        self.eval = read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
+        self.task = base.task
         self.val_fraction, self.val_max = base.val_fraction, base.val_max
         self.config, self.run_dir, self.console = config, run_dir, console
         self._vectors: WordVectors | None = None
@@ -129,6 +128,15 @@ class References:
                 torch.save(vars(self._vectors), tmp)
                 tmp.replace(cache)
         return self._vectors
+
+    @cached_property
+    def train(self) -> LabelledText:
+        return read_labelled_jsonl(self.task.train, self.task.text_field, self.task.label_field)
+
+    @cached_property
+    def eval(self) -> LabelledText:
+        task = self.task
+        return read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
 
     def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
         data = self.train
@@ -190,7 +198,7 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
                 f"inits.{name}={source}: the classical references read text classification tasks, "
                 f"not task.kind={base.task.kind}"
             )
-    train_size = len(read_labelled_jsonl(base.task.train, base.task.text_field, base.task.label_field).texts)
+    train_size = sum(1 for _ in iter_task_records(base.task.train))
     for budget in config.budgets:
         if budget > train_size:
             raise HeadstartError(f"budgets: {budget} labels asked, but {base.task.train} has {train_size} records")

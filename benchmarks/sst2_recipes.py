@@ -9,6 +9,7 @@ label budget: a logistic-regression probe on frozen features, full fine-tuning, 
 (full fine-tuning from the fitted probe).
 
     python benchmarks/sst2_recipes.py --variants all --seeds 3 [--scale 0.01 for a smoke run]
+    python benchmarks/sst2_recipes.py --variants clm-20 --readouts full,full-lr1e-3,... (fine-tuning recipes)
 
 Writes results.jsonl (one line per run) and prints a table of mean ± sd dev accuracy.
 """
@@ -51,6 +52,13 @@ READOUTS = {  # name: (budgets, finetune overrides)
     "probe": ((100, 500, 2000), ["freeze_backbone=true"]),
     "full": ((500,), []),
     "lpft": ((500,), ["head_init=probe"]),
+    # The fine-tuning recipe around the default full fine-tune (lr 3e-4, 300 steps, mean pooling):
+    "full-lr1e-4": ((500,), ["optim.lr=1e-4"]),
+    "full-lr1e-3": ((500,), ["optim.lr=1e-3"]),
+    "full-lr1e-3-decay0.7": ((500,), ["optim.lr=1e-3", "layer_decay=0.7"]),
+    "full-last": ((500,), ["pooling=last"]),
+    "full-warmup0": ((500,), ["schedule.warmup_steps=0"]),
+    "full-900steps": ((500,), ["train.steps=900", "train.eval_every=75"]),
 }
 
 
@@ -85,6 +93,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every pretraining budget (smoke runs)")
     parser.add_argument("--out", default=str(CACHE / "sst2-recipes"))
     parser.add_argument("--no-scratch", action="store_true", help="leave out the scratch readouts")
+    parser.add_argument("--readouts", default="all", help=f"comma-separated among {', '.join(READOUTS)}")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,12 +104,13 @@ def main() -> None:
     task = [f"task.train={sst2 / 'train.jsonl'}", f"task.eval={sst2 / 'dev.jsonl'}"]
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     inits = ([] if args.no_scratch else ["scratch"]) + names
+    readouts = READOUTS if args.readouts == "all" else {r: READOUTS[r] for r in args.readouts.split(",")}
     architecture = None
     for name in inits:
         if name != "scratch":
             architecture = architecture or str(out / name)
             pretrain_variant(name, corpora, out, args.scale)
-        for readout, (budgets, settings) in READOUTS.items():
+        for readout, (budgets, settings) in readouts.items():
             for budget in budgets:
                 for seed in range(args.seeds):
                     if (name, readout, budget, seed) in done:
@@ -148,10 +158,10 @@ def table(results: Path) -> None:
     rows: dict[tuple[str, str, int], list[float]] = {}
     for record in map(json.loads, _lines(results)):
         rows.setdefault((record["init"], record["readout"], record["budget"]), []).append(100 * record["accuracy"])
-    print(f"{'init':24} {'readout':7} {'budget':>6}  accuracy (mean ± sd, n)")
+    print(f"{'init':24} {'readout':20} {'budget':>6}  accuracy (mean ± sd, n)")
     for (init, readout, budget), values in sorted(rows.items()):
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{init:24} {readout:7} {budget:>6}  {statistics.mean(values):5.1f} ± {spread:3.1f} ({len(values)})")
+        print(f"{init:24} {readout:20} {budget:>6}  {statistics.mean(values):5.1f} ± {spread:3.1f} ({len(values)})")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,11 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is True on real tokens."""
+        return self.layer_states(idx, padding_mask)[-1]
+
+    def layer_states(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The token embedding and every block's output (the last one normed): what probes of
+        each layer read."""
         length = idx.size(1)
         if length > self.config.context:
             raise HeadstartError(f"input of {length} tokens: longer than the model's context of {self.config.context}")
@@ -189,10 +194,11 @@ class Transformer(nn.Module):
             mask = padding_mask[:, None, None, :]
             if self.config.causal:
                 mask = mask & torch.ones(length, length, dtype=torch.bool, device=idx.device).tril()
-        x = self.drop(self.embed(idx))
+        states = [self.drop(self.embed(idx))]
         for block in self.blocks:
-            x = block(x, rotation, mask)
-        return self.norm(x)
+            states.append(block(states[-1], rotation, mask))
+        states[-1] = self.norm(states[-1])
+        return states
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight

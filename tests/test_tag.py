@@ -38,14 +38,15 @@ def write_ner(path, n, seed):
 def test_alignment_puts_each_word_on_its_first_subword(tiny_shards):
     tokenizer = load_tokenizer(tiny_shards / "tokenizer.json")
     words = ["the", "zebrafishes", "sat", "on", "mats"]
-    ids, first = align(tokenizer, words, max_len=64)
+    encoding = tokenizer.encode(" ".join(words), add_special_tokens=False)
+    ids, first = align(words, encoding, 0, max_len=64)
     assert first[0] == 1  # position 0 is the start marker
     assert np.all(np.diff(first) > 0)
     pieces = [tokenizer.decode(ids[first[i] : (first[i + 1] if i + 1 < len(words) else len(ids))].tolist())
               for i in range(len(words))]  # fmt: skip
     assert [p.strip() for p in pieces] == words  # the tokens from one word's first token to the next's spell it
     assert len(ids) > len(words)  # "zebrafishes" is several sub-words in a 400-token vocabulary
-    _, cut = align(tokenizer, words, max_len=3)
+    _, cut = align(words, encoding, 0, max_len=3)
     assert (cut >= 0).sum() < len(words) and cut[-1] == -1  # words past max_len are marked, not dropped
 
 

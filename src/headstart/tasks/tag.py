@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from torch import nn
 
 from headstart.config import TaskConfig
@@ -38,12 +38,12 @@ class EncodedSentences:
         return int(sum((f < 0).sum() for f in self.first_token))
 
 
-def align(tokenizer: Tokenizer, words: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (start marker first) and each word's first token position (-1 if cut off)."""
+def align(words: list[str], encoding: Encoding, start_id: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (``start_id`` first) and each word's first token position (-1 if cut off),
+    from the encoding of the words joined by single spaces."""
     text = " ".join(words)
     starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]]).tolist()
-    encoding = tokenizer.encode(text, add_special_tokens=False)
-    ids = [tokenizer_info(tokenizer).eod_id]
+    ids = [start_id]
     first = np.full(len(words), -1, dtype=np.int64)
     for token_id, (begin, end) in zip(encoding.ids, encoding.offsets, strict=True):
         if len(ids) >= max_len:
@@ -96,8 +96,10 @@ class TagTask:
         assert data is not None
         rows = np.arange(len(data.words)) if rows is None else rows
         out = EncodedSentences([], [], [], [])
-        for row in rows:
-            ids, first = align(tokenizer, data.words[row], self.config.max_len)
+        start_id = tokenizer_info(tokenizer).eod_id
+        encodings = tokenizer.encode_batch([" ".join(data.words[row]) for row in rows], add_special_tokens=False)
+        for row, encoding in zip(rows, encodings, strict=True):
+            ids, first = align(data.words[row], encoding, start_id, self.config.max_len)
             target = np.full(len(ids), IGNORE, dtype=np.int64)
             kept = first >= 0
             target[first[kept]] = data.tags[row][kept]

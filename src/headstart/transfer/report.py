@@ -127,7 +127,8 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
             values = [scale(metric) * c["value"] for c in by_budget.get(budget, [])]
             if values:
                 mean, half = mean_and_interval(values)
-                cells.append(f"{mean:.1f} ± {half:.1f} ({len(values)})")
+                spread = f" ± {half:.1f}" if len(values) > 1 else ""  # one seed has no interval
+                cells.append(f"{mean:.1f}{spread} ({len(values)})")
             else:
                 cells.append("—")
         lines.append(f"| {init} | " + " | ".join(cells) + " |")

@@ -9,7 +9,7 @@ the budget) on frozen, mean-pooled features, over the same budgets and seeds as 
 - token skip-gram concatenated with the checkpoint's layers: whether the transformer adds
   anything a probe can use on top of word vectors.
 
-    python benchmarks/sst2_features.py runs/bench/sst2-clm-20 [--seeds 5]
+    python benchmarks/sst2_features.py runs/bench/sst2-clm-20 [--seeds 5] [--layers-only]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA
@@ -34,7 +35,7 @@ from headstart.tasks.base import length_batches
 from headstart.tasks.classify import encode_texts
 from headstart.train.finetune import load_backbone, split_validation
 from headstart.train.probe import fit_logistic
-from headstart.transfer.reference import train_skipgram
+from headstart.transfer.reference import train_word_vectors
 
 BUDGETS = (100, 500, 2000)
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--layers-only", action="store_true", help="skip the skip-gram readouts (5 CPU-minutes)")
     args = parser.parse_args()
     sst2 = DATA / "tasks" / "sst2"
     train = read_labelled_jsonl(sst2 / "train.jsonl")
@@ -76,24 +78,11 @@ def main() -> None:
     layers_dev = layer_features(backbone, encode_texts(tokenizer, dev.texts, 64), pad_id)
     print(f"transformer features: {time.perf_counter() - start:.0f} s", flush=True)
 
-    def as_tokens(texts: list[str]) -> list[str]:
-        return [" ".join(f"t{i}" for i in e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-    corpus = [line for line in (DATA / "text" / "wikitext2" / "train.txt").read_text().splitlines() if line.strip()]
-    corpus += train.texts
-    token_vectors = train_skipgram(as_tokens(corpus), min_count=1)
-    word_vectors = train_skipgram(corpus)
-    print(f"skip-gram: tokens {token_vectors.seconds:.0f} s, words {word_vectors.seconds:.0f} s", flush=True)
-    token_train, token_dev = (token_vectors.sentence_features(as_tokens(t)) for t in (train.texts, dev.texts))
-    word_train, word_dev = (word_vectors.sentence_features(t) for t in (train.texts, dev.texts))
-
     depth = len(backbone.blocks)
     readouts = {f"layer {n}": ([n], None) for n in range(depth + 1)}
     readouts["all layers"] = (list(range(depth + 1)), None)
-    readouts["skip-gram, BPE tokens"] = ([], (token_train, token_dev))
-    readouts["skip-gram, words"] = ([], (word_train, word_dev))
-    readouts["token skip-gram + last layer"] = ([depth], (token_train, token_dev))
-    readouts["token skip-gram + all layers"] = (list(range(depth + 1)), (token_train, token_dev))
+    if not args.layers_only:
+        readouts |= skipgram_readouts(tokenizer, train.texts, dev.texts, depth)
     labels = torch.from_numpy(train.labels)
     print(f"{'readout':32} " + " ".join(f"{b:>12,}" for b in BUDGETS))
     for name, (layers, extra) in readouts.items():
@@ -109,6 +98,30 @@ def main() -> None:
                 scores.append(100 * float((probe.predict(x_dev).numpy() == dev.labels).mean()))
             cells.append(f"{statistics.mean(scores):5.1f} ± {statistics.stdev(scores):3.1f}")
         print(f"{name:32} " + " ".join(f"{c:>12}" for c in cells), flush=True)
+
+
+def skipgram_readouts(
+    tokenizer: Tokenizer, train_texts: list[str], dev_texts: list[str], depth: int
+) -> dict[str, tuple[list[int], tuple[torch.Tensor, torch.Tensor]]]:
+    """Skip-gram on BPE tokens and on words (WikiText-2 + SST-2 sentences), alone and beside the
+    checkpoint's layers: (layers, (train features, dev features)) per readout."""
+
+    def as_tokens(texts: list[str]) -> list[str]:
+        return [" ".join(f"t{i}" for i in e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    corpus = [line for line in (DATA / "text" / "wikitext2" / "train.txt").read_text().splitlines() if line.strip()]
+    corpus += train_texts
+    token_vectors = train_word_vectors(as_tokens(corpus), min_count=1)
+    word_vectors = train_word_vectors(corpus)
+    print(f"skip-gram: tokens {token_vectors.seconds:.0f} s, words {word_vectors.seconds:.0f} s", flush=True)
+    token = tuple(token_vectors.sentence_features(as_tokens(t)) for t in (train_texts, dev_texts))
+    word = tuple(word_vectors.sentence_features(t) for t in (train_texts, dev_texts))
+    return {
+        "skip-gram, BPE tokens": ([], token),
+        "skip-gram, words": ([], word),
+        "token skip-gram + last layer": ([depth], token),
+        "token skip-gram + all layers": (list(range(depth + 1)), token),
+    }
 
 
 if __name__ == "__main__":

@@ -52,7 +52,11 @@ def test_loss_falls_and_checkpoint_is_complete(tiny_shards, tmp_path, recipe):
     }
     compute = json.loads((result.checkpoint / "compute.json").read_text())
     assert compute["tokens"] == 40 * 4 * 32
-    assert compute["flops"] == pytest.approx(compute["flops_per_token"] * compute["tokens"])
+    loop_flops = compute["flops_per_token"] * compute["tokens"]
+    if recipe == "gpt-tiny":  # its skip-gram warm start is counted too
+        assert loop_flops < compute["flops"] < 1.1 * loop_flops
+    else:
+        assert compute["flops"] == pytest.approx(loop_flops)
     assert {"val_loss", "val_ppl", "val_bpb"} <= set(result.last_eval)
     if recipe == "bert-tiny":
         assert "val_masked_accuracy" in result.last_eval

@@ -60,6 +60,13 @@ def test_study_writes_results_report_and_plots_and_resumes(tmp_path, encoder, ti
     # Changing what every cell was given would make old cells incomparable.
     with pytest.raises(HeadstartError, match="sweep was"):
         api.transfer(str(study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="1e-3")))
+    # A new init joins a finished study and runs only its own cells; an init's source is fixed.
+    path = study_yaml(write_task, tmp_path, encoder, corpus)
+    with pytest.raises(HeadstartError, match="init 'pretrained' was"):
+        api.transfer(str(path), [f"inits.pretrained={encoder}/"])
+    api.transfer(str(path), [f"inits.again={encoder}", "budgets=[20]", "seeds=1"])
+    joined = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines() if x.endswith("}")]
+    assert joined[: len(rerun)] == rerun and [(r["init"], r["budget"]) for r in joined[len(rerun) :]] == [("again", 20)]
 
 
 def other_tokenizer(checkpoint, tmp_path):

@@ -106,6 +106,18 @@ class TrainConfig:
 
 
 @dataclass
+class EmbeddingsConfig:
+    """How the token embeddings start. ``skipgram``: trained by skip-gram with negative sampling
+    on the training shards before the main objective (a few CPU-minutes), so the objective
+    starts from embeddings where similar tokens are already close; ``random``: N(0, init_std)."""
+
+    init: Literal["random", "skipgram"] = "random"
+    epochs: int = 3
+    window: int = 5
+    negatives: int = 5
+
+
+@dataclass
 class RunConfig:
     """Where the run directory goes."""
 
@@ -119,6 +131,7 @@ class PretrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)

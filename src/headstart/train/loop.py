@@ -123,17 +123,22 @@ def train_loop(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     write_extras: Callable[[Path], None] | None = None,
     lr_scale: Callable[[str], float] | None = None,
+    prior: tuple[float, float] = (0.0, 0.0),
     resume: Path | None = None,
     console: Console | None = None,
     quiet: bool = False,
 ) -> LoopResult:
-    """Train ``model`` for ``train.steps`` optimizer steps; returns where it ended."""
+    """Train ``model`` for ``train.steps`` optimizer steps; returns where it ended.
+
+    ``prior``: FLOPs and seconds already spent on the model before the loop (a warm start),
+    counted in its compute record."""
     console = console or Console(stderr=True)
     device = pick_device(train.device)
     dtype = pick_precision(train.precision, device)
     model.to(device)
     optimizer = build_optimizer(model, optim, device, lr_scale)
-    step, samples_seen, tokens_seen, flops_spent, elapsed_before = 0, 0, 0, 0.0, 0.0
+    step, samples_seen, tokens_seen = 0, 0, 0
+    flops_spent, elapsed_before = prior
     if resume is not None:
         state = ckpt.load_state(resume)
         ckpt.load_weights(resume, model)

@@ -8,12 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from tokenizers import Tokenizer
 from torch import nn
 
-from headstart.config import PretrainConfig, build, merge, save_yaml, to_dict
+from headstart.config import EmbeddingsConfig, PretrainConfig, build, merge, save_yaml, to_dict
 from headstart.data.shards import TokenShards, open_shards
 from headstart.data.tokenizers import TokenizerInfo, load_tokenizer, tokenizer_info, word_start
 from headstart.data.windows import WindowSampler, eval_windows
@@ -23,6 +24,7 @@ from headstart.objectives.base import Objective
 from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
 from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
+from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
@@ -60,6 +62,35 @@ def build_model(config: PretrainConfig) -> nn.Module:
 def backbone_of(model: nn.Module) -> Transformer:
     """The transformer that fine-tuning starts from."""
     return model.discriminator if isinstance(model, ElectraPair) else model  # type: ignore[return-value]
+
+
+def skipgram_embeddings(
+    backbone: Transformer, shards: TokenShards, settings: EmbeddingsConfig, seed: int
+) -> SkipGramVectors:
+    """Train skip-gram over the train split's documents and start the token embedding from it.
+
+    The vectors are rescaled to the model's ``init_std`` so the residual stream starts at the
+    scale the rest of the initialisation assumes; tokens the split never uses keep their
+    random start."""
+    tokens = np.asarray(shards.train, dtype=np.int64)
+    ends = np.flatnonzero(tokens == shards.eod_id)
+    documents = [doc[:-1] for doc in np.split(tokens, ends + 1) if len(doc) > 2]
+    counts = np.bincount(tokens, minlength=backbone.config.vocab_size)
+    counts[shards.eod_id] = 0
+    trained = train_skipgram(
+        documents,
+        counts,
+        dim=backbone.config.n_embd,
+        window=settings.window,
+        negatives=settings.negatives,
+        epochs=settings.epochs,
+        seed=seed,
+    )
+    seen = torch.from_numpy(counts > 0)
+    vectors = trained.vectors[seen]
+    with torch.no_grad():
+        backbone.embed.weight[seen] = vectors * (backbone.config.init_std / vectors.std())
+    return trained
 
 
 def pretrain_flops_per_token(config: PretrainConfig) -> float:
@@ -164,6 +195,13 @@ def pretrain(
     torch.manual_seed(config.train.seed)
     model = build_model(config)
     describe(model, config, console)
+    prior = (0.0, 0.0)
+    if config.embeddings.init == "skipgram" and resume_from is None:
+        warm = skipgram_embeddings(backbone_of(model), shards, config.embeddings, config.train.seed)
+        prior = (warm.flops, warm.seconds)
+        console.print(
+            f"token embeddings: skip-gram warm start, {warm.pairs:,} pairs in {warm.seconds:.0f} s", highlight=False
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(config)
     save_yaml(config, run_dir / "config.yaml")
@@ -189,6 +227,7 @@ def pretrain(
         pretrain_flops_per_token(config),
         evaluate=evaluate,
         write_extras=write_extras,
+        prior=prior,
         resume=resume_from,
         console=console,
         quiet=quiet,
@@ -216,6 +255,7 @@ def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
             to_dict(config),
             {
                 "train": {"steps": probe_steps, "eval_every": 0, "checkpoint_every": 0, "log_every": probe_steps // 2},
+                "embeddings": {"init": "random"},  # the warm start is not what is being timed
                 "run": {"name": (config.run.name or "run") + "-calibrate"},
             },
         ),

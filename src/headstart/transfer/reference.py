@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from headstart.objectives.skipgram import train_skipgram
 
 WORD = re.compile(r"[\w']+|[^\w\s]")
 
@@ -78,62 +78,15 @@ class WordVectors:
         return out
 
 
-def train_skipgram(
-    documents: Iterable[str],
-    dim: int = 100,
-    window: int = 5,
-    negatives: int = 5,
-    min_count: int = 3,
-    epochs: int = 3,
-    batch_size: int = 4096,
-    lr: float = 0.01,
-    seed: int = 0,
+def train_word_vectors(
+    documents: Iterable[str], dim: int = 100, min_count: int = 3, epochs: int = 3, seed: int = 0
 ) -> WordVectors:
-    """Skip-gram with negative sampling (Mikolov et al. 2013): frequent-word subsampling,
-    a random window per centre word, negatives from the unigram distribution to the 3/4."""
-    start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    """Skip-gram vectors for the words seen at least ``min_count`` times."""
     tokenized = [words(d) for d in documents]
     counts = Counter(w for doc in tokenized for w in doc)
     vocab_words = [w for w, c in counts.most_common() if c >= min_count]
     vocabulary = {w: i for i, w in enumerate(vocab_words)}
-    frequency = np.array([counts[w] for w in vocab_words], dtype=np.float64)
-    keep_prob = np.minimum(1.0, np.sqrt(1e-4 * frequency.sum() / frequency))  # subsampling of frequent words
-    noise = torch.from_numpy(frequency**0.75 / (frequency**0.75).sum()).float()
-    centre_in = torch.nn.Embedding(len(vocab_words), dim, sparse=True)
-    context_out = torch.nn.Embedding(len(vocab_words), dim, sparse=True)
-    torch.nn.init.uniform_(centre_in.weight, -0.5 / dim, 0.5 / dim)
-    torch.nn.init.zeros_(context_out.weight)
-    optimizer = torch.optim.SparseAdam([*centre_in.parameters(), *context_out.parameters()], lr=lr)
     encoded = [np.array([vocabulary[w] for w in doc if w in vocabulary], dtype=np.int64) for doc in tokenized]
-    pairs_seen = 0
-    for _ in range(epochs):
-        centres, contexts = [], []
-        for doc in encoded:
-            kept = doc[rng.random(len(doc)) < keep_prob[doc]]
-            if len(kept) < 2:
-                continue
-            reach = rng.integers(1, window + 1, size=len(kept))
-            for offset in range(1, min(window, len(kept) - 1) + 1):
-                ok = reach[: len(kept) - offset] >= offset
-                left, right = kept[:-offset][ok], kept[offset:][ok]
-                centres += [left, right]
-                contexts += [right, left]
-        centre = torch.from_numpy(np.concatenate(centres))
-        context = torch.from_numpy(np.concatenate(contexts))
-        order = torch.from_numpy(rng.permutation(len(centre)))
-        for first in range(0, len(order), batch_size):
-            rows = order[first : first + batch_size]
-            c, o = centre_in(centre[rows]), context_out(context[rows])
-            sampled = context_out(torch.multinomial(noise, len(rows) * negatives, replacement=True)).view(
-                len(rows), negatives, dim
-            )
-            positive = F.logsigmoid((c * o).sum(-1))
-            negative = F.logsigmoid(-(sampled @ c.unsqueeze(-1)).squeeze(-1)).sum(-1)
-            loss = -(positive + negative).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        pairs_seen += len(order)
-    return WordVectors(vocabulary, centre_in.weight.detach().clone(), time.perf_counter() - start, pairs_seen)
+    frequency = np.array([counts[w] for w in vocab_words], dtype=np.int64)
+    trained = train_skipgram(encoded, frequency, dim=dim, epochs=epochs, seed=seed)
+    return WordVectors(vocabulary, trained.vectors, trained.seconds, trained.pairs)

@@ -26,11 +26,11 @@ from headstart.objectives.classify import accuracy_and_macro_f1
 from headstart.train import checkpoint as ckpt
 from headstart.train.finetune import finetune, split_validation
 from headstart.train.probe import fit_logistic
-from headstart.transfer.reference import WordVectors, ngram_features, train_skipgram
+from headstart.transfer.reference import WordVectors, ngram_features, train_word_vectors
 
 REFERENCES = ("skipgram", "ngrams")
 # What must not change between a study and its resumption (budgets and seeds may grow).
-FIXED = ("finetune", "settings", "inits", "architecture", "sweep", "reference_text")
+FIXED = ("finetune", "settings", "architecture", "sweep", "reference_text")
 
 
 def check_inits(config: StudyConfig) -> str:
@@ -81,6 +81,12 @@ def check_resumable(run_dir: Path, config: StudyConfig) -> None:
                 f"study {run_dir}: {name} was {getattr(saved, name)!r}, now {getattr(config, name)!r}; "
                 "finished cells would not be comparable (set run.name for a new study)"
             )
+    for name, source in saved.inits.items():  # new inits may join; a finished one keeps its source
+        if config.inits.get(name, source) != source:
+            raise HeadstartError(
+                f"study {run_dir}: init {name!r} was {source!r}, now {config.inits[name]!r}; its finished "
+                "cells would not be comparable (give the new source another init name, or set run.name)"
+            )
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -122,7 +128,7 @@ class References:
                 skipped = SkipLog()
                 documents = list(read_documents(self.config.reference_text, ReadOptions(text_mode="line"), skipped))
                 self.console.print(f"skip-gram reference: training word vectors on {len(documents):,} documents")
-                self._vectors = train_skipgram(documents)
+                self._vectors = train_word_vectors(documents)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp")
                 torch.save(vars(self._vectors), tmp)

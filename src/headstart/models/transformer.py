@@ -153,6 +153,29 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def init_weights(module: nn.Module, std: float, n_layer: int) -> None:
+    """Norm gains at one, matrices N(0, std), residual output projections scaled by 1/sqrt(2·n_layer)."""
+    for name, param in module.named_parameters():
+        if param.dim() < 2:
+            nn.init.ones_(param)
+        elif name.endswith("proj.weight"):
+            nn.init.normal_(param, 0.0, std / math.sqrt(2 * n_layer))
+        else:
+            nn.init.normal_(param, 0.0, std)
+
+
+def run_blocks(
+    blocks: nn.ModuleList, norm: Norm, x: torch.Tensor, rotation: torch.Tensor, mask: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """The input vectors and every block's output, the last one normed. Shared by every input
+    kind: token embeddings here, image patches in :mod:`headstart.models.vision`."""
+    states = [x]
+    for block in blocks:
+        states.append(block(states[-1], rotation, mask))
+    states[-1] = norm(states[-1])
+    return states
+
+
 class Transformer(nn.Module):
     """Token ids → hidden states (``forward``) → vocabulary logits (``logits``)."""
 
@@ -169,14 +192,7 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = self.config.init_std
-        for name, param in self.named_parameters():
-            if param.dim() < 2:
-                nn.init.ones_(param)
-            elif name.endswith("proj.weight"):
-                nn.init.normal_(param, 0.0, std / math.sqrt(2 * self.config.n_layer))
-            else:
-                nn.init.normal_(param, 0.0, std)
+        init_weights(self, self.config.init_std, self.config.n_layer)
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is True on real tokens."""
@@ -194,11 +210,7 @@ class Transformer(nn.Module):
             mask = padding_mask[:, None, None, :]
             if self.config.causal:
                 mask = mask & torch.ones(length, length, dtype=torch.bool, device=idx.device).tril()
-        states = [self.drop(self.embed(idx))]
-        for block in self.blocks:
-            states.append(block(states[-1], rotation, mask))
-        states[-1] = self.norm(states[-1])
-        return states
+        return run_blocks(self.blocks, self.norm, self.drop(self.embed(idx)), rotation, mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight

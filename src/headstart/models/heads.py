@@ -47,3 +47,17 @@ class SequenceClassifier(nn.Module):
     def forward(self, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(idx, padding_mask=mask)
         return self.head(self.dropout(pool(hidden, mask, self.pooling)))
+
+
+class ProjectionHead(nn.Module):
+    """The MLP a contrastive loss reads (SimCLR's g): Linear → BatchNorm → ReLU → Linear.
+    Fine-tuning and probes use the features before it, which transfer better (Chen et al. 2020)."""
+
+    def __init__(self, width: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from headstart.errors import HeadstartError
+from headstart.models.vision import VisionConfig, build_vision
+from headstart.objectives.mae import MAE, MaskedAutoencoder
+
+
+class FixedPrediction(torch.nn.Module):
+    """Stands in for the MAE model with a given prediction, to see where the loss's gradient goes."""
+
+    def __init__(self, backbone, predicted):
+        super().__init__()
+        self.backbone, self.predicted = backbone, predicted
+
+    def forward(self, images, keep):
+        return self.predicted
+
+
+def tiny_mae():
+    torch.manual_seed(0)
+    vit = build_vision(VisionConfig(kind="vit", image_size=8, patch=2, width=16, depth=1, n_head=2))
+    return MaskedAutoencoder(vit, width=16, depth=1, n_head=2)
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5])
+def test_mae_masks_the_stated_ratio_per_image(ratio):
+    objective = MAE(n_patches=16, mask_ratio=ratio)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
+    batch = objective.make_batch(images, torch.Generator().manual_seed(0))
+    assert (batch["masked"].sum(1) == round(16 * ratio)).all()
+    assert batch["keep"].shape == (6, round(16 * (1 - ratio)))
+    assert not batch["masked"].gather(1, batch["keep"]).any()  # kept patches are exactly the unmasked ones
+    assert len({tuple(k.tolist()) for k in batch["keep"]}) > 1  # each image draws its own mask
+    with pytest.raises(HeadstartError, match=r"mask_ratio=1\.0"):
+        MAE(16, mask_ratio=1.0)
+
+
+def test_mae_loss_reads_only_masked_patches_and_trains():
+    model, objective = tiny_mae(), MAE(n_patches=16, mask_ratio=0.75)
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8))
+    batch = objective.make_batch(images, torch.Generator().manual_seed(0))
+    # The loss is on masked patches only: no gradient reaches the prediction of a visible one.
+    predicted = model(batch["images"], batch["keep"]).detach().requires_grad_(True)
+    loss, _ = objective.loss(FixedPrediction(model.backbone, predicted), batch)
+    loss.backward()
+    visible = ~batch["masked"]
+    assert predicted.grad[visible].abs().max() == 0 and predicted.grad[~visible].abs().max() > 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss, _ = objective.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.data.augment import AugmentConfig, augment, build_views, to_float
+from headstart.config import AugmentConfig
+from headstart.data.augment import augment, build_views, to_float
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -27,6 +28,6 @@ def test_views_keep_shape_and_range_and_are_seeded(channels):
 
 def test_views_can_be_turned_down_to_crops_only():
     batch = to_float(np.full((2, 16, 16, 1), 200, dtype=np.uint8))
-    views = build_views((16, 16), 1, AugmentConfig(crop_scale=(1.0, 1.0), flip=False, jitter=0.0, blur_p=0.0))
+    views = build_views((16, 16), 1, AugmentConfig(crop_min=1.0, flip=False, jitter=0.0, blur_p=0.0))
     out = augment(views, batch, 0)
     assert torch.allclose(out, batch, atol=1e-5)  # a full-size crop of a flat image is the image

@@ -3,8 +3,9 @@ import math
 import numpy as np
 import torch
 
-from headstart.data.augment import AugmentConfig, build_views
-from headstart.models.vision import VisionConfig, build_vision
+from headstart.config import AugmentConfig, VisionConfig
+from headstart.data.augment import build_views
+from headstart.models.vision import build_vision
 from headstart.objectives.contrastive import ContrastiveModel, SimCLR, nt_xent
 
 
@@ -24,7 +25,7 @@ def test_nt_xent_matches_a_hand_computed_case():
 
 def test_simclr_batch_views_differ_and_loss_trains():
     torch.manual_seed(0)
-    backbone = build_vision(VisionConfig(kind="resnet", width=8, depth=1, image_size=16))
+    backbone = build_vision(VisionConfig(kind="resnet", channels=1, width=8, depth=1, image_size=16))
     model = ContrastiveModel(backbone, hidden=32, out=16)
     objective = SimCLR(build_views((16, 16), 1, AugmentConfig()), temperature=0.5)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 16, 16, 1), dtype=np.uint8))

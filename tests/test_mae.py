@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
-from headstart.models.vision import VisionConfig, build_vision
+from headstart.models.vision import build_vision
 from headstart.objectives.mae import MAE, MaskedAutoencoder
 
 
@@ -20,7 +21,7 @@ class FixedPrediction(torch.nn.Module):
 
 def tiny_mae():
     torch.manual_seed(0)
-    vit = build_vision(VisionConfig(kind="vit", image_size=8, patch=2, width=16, depth=1, n_head=2))
+    vit = build_vision(VisionConfig(kind="vit", channels=1, image_size=8, patch=2, width=16, depth=1, n_head=2))
     return MaskedAutoencoder(vit, width=16, depth=1, n_head=2)
 
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
-from headstart.models.vision import VisionConfig, build_vision
+from headstart.models.vision import build_vision
 
 
 @pytest.mark.parametrize("pooling", ["avg", "max"])
@@ -11,7 +12,9 @@ def test_resnet_pools_a_feature_map(pooling):
     features = model(torch.rand(5, 3, 16, 16))
     assert features.shape == (5, 32) and model.feature_dim == 32
     with pytest.raises(HeadstartError, match="only the ViT has a class token"):
-        build_vision(VisionConfig(kind="resnet", width=8, depth=1, pooling="cls"))(torch.rand(1, 1, 28, 28))
+        build_vision(VisionConfig(kind="resnet", channels=1, image_size=28, width=8, depth=1, pooling="cls"))(
+            torch.rand(1, 1, 28, 28)
+        )
 
 
 def test_vit_patches_in_raster_order_and_positions_follow_the_tokens():

@@ -45,14 +45,21 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What the run optimises: causal LM (``clm``), masked LM (``mlm``) or replaced-token
-    detection (``rtd``, ELECTRA: masked positions filled by a small generator)."""
+    """What the run optimises. Text: causal LM (``clm``), masked LM (``mlm``) or replaced-token
+    detection (``rtd``, ELECTRA: masked positions filled by a small generator). Images:
+    ``simclr`` (two augmented views, NT-Xent) or ``mae`` (masked patches, pixel decoder; ViT only)."""
 
-    name: Literal["clm", "mlm", "rtd"] = "clm"
+    name: Literal["clm", "mlm", "rtd", "simclr", "mae"] = "clm"
     mask_prob: float = 0.15
     whole_word: bool = False
     generator_layers: int = 0  # rtd: the generator's depth; 0: a third of model.n_layer
     detection_weight: float = 50.0  # rtd: weight of the detection loss against the generator's
+    temperature: float = 0.2  # simclr: NT-Xent temperature
+    projection_hidden: int = 512  # simclr: the projection head's hidden and output widths
+    projection_dim: int = 128
+    mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder
+    decoder_width: int = 64  # mae: the pixel decoder's width and depth
+    decoder_depth: int = 2
 
 
 @dataclass
@@ -78,10 +85,42 @@ class ScheduleConfig:
 
 
 @dataclass
+class VisionConfig:
+    """An image backbone. ``resnet``: three stages of basic residual blocks, widths
+    ``width``·(1, 2, 4), ``depth`` blocks per stage. ``vit``: ``patch``×``patch`` patches and
+    ``depth`` transformer blocks ``width`` wide. Channels and image size come from the data."""
+
+    kind: Literal["resnet", "vit"] = "resnet"
+    channels: int = 0  # 0: from the data
+    image_size: int = 0  # 0: from the data
+    width: int = 32
+    depth: int = 2
+    patch: int = 4
+    n_head: int = 4
+    pooling: Literal["avg", "max", "cls"] = "avg"  # cls: the ViT's class token
+
+
+@dataclass
+class AugmentConfig:
+    """SimCLR-style views, scaled for small images: crop area, flip, jitter, blur."""
+
+    crop_min: float = 0.3  # smallest crop, as a fraction of the image area
+    flip: bool = True
+    jitter: float = 0.4  # brightness and contrast (and saturation for colour images); 0: off
+    jitter_p: float = 0.8
+    blur_p: float = 0.5  # Gaussian blur probability; 0: off
+
+
+@dataclass
 class DataConfig:
-    """Prepared token shards (``headstart prepare``) the run reads."""
+    """What the run reads: prepared token shards (``headstart prepare``), or for images a
+    dataset (IDX directory, .npz, image folder) whose train split is used without labels, and
+    optionally a labelled one for the kNN and linear-probe evaluations."""
 
     shards: str = ""
+    images: str = ""
+    eval_images: str = ""  # labelled: its train split fits the kNN / probe, its test split scores them
+    eval_examples: int = 5000  # at most this many of each eval split (evaluation stays cheap)
 
 
 @dataclass
@@ -132,6 +171,8 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)

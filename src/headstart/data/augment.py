@@ -8,23 +8,12 @@ resumed run draws the same views as an uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import kornia.augmentation as K
 import numpy as np
 import torch
 from torch import nn
 
-
-@dataclass
-class AugmentConfig:
-    """SimCLR-style views, scaled for small images: crop area, flip, jitter, blur."""
-
-    crop_scale: tuple[float, float] = (0.3, 1.0)
-    flip: bool = True
-    jitter: float = 0.4  # brightness and contrast (and saturation for colour images); 0: off
-    jitter_p: float = 0.8
-    blur_p: float = 0.5  # Gaussian blur probability; 0: off
+from headstart.config import AugmentConfig
 
 
 def to_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -35,7 +24,7 @@ def to_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cp
 
 def build_views(size: tuple[int, int], channels: int, config: AugmentConfig) -> nn.Module:
     """One random view per image, every image drawing its own parameters."""
-    steps: list[nn.Module] = [K.RandomResizedCrop(size, scale=config.crop_scale)]
+    steps: list[nn.Module] = [K.RandomResizedCrop(size, scale=(config.crop_min, 1.0))]
     if config.flip:
         steps.append(K.RandomHorizontalFlip())
     if config.jitter > 0:

@@ -9,33 +9,17 @@ most patches before the encoder sees them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headstart.config import ModelConfig
+from headstart.config import ModelConfig, VisionConfig
 from headstart.errors import HeadstartError
 from headstart.models.transformer import Block, Norm, init_weights, rotary_table, run_blocks
 
 ImagePooling = Literal["avg", "max", "cls"]
-
-
-@dataclass
-class VisionConfig:
-    """``resnet``: stages of basic residual blocks, widths ``width``·(1, 2, 4), ``depth`` blocks
-    per stage. ``vit``: ``patch``×``patch`` patches, ``depth`` transformer blocks ``width`` wide."""
-
-    kind: Literal["resnet", "vit"] = "resnet"
-    channels: int = 1
-    image_size: int = 28
-    width: int = 32
-    depth: int = 2
-    patch: int = 4  # vit
-    n_head: int = 4  # vit
-    pooling: ImagePooling = "avg"  # cls: the ViT's class token
 
 
 def pool_tokens(tokens: torch.Tensor, how: ImagePooling) -> torch.Tensor:
@@ -105,7 +89,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         if config.image_size % config.patch:
-            raise HeadstartError(f"patch={config.patch}: must divide image_size={config.image_size}")
+            raise HeadstartError(f"vision.patch={config.patch}: must divide the image size {config.image_size}")
         self.config = config
         self.grid = config.image_size // config.patch
         self.n_patches = self.grid**2
@@ -163,6 +147,9 @@ class VisionTransformer(nn.Module):
 
 
 def build_vision(config: VisionConfig) -> nn.Module:
+    """The backbone ``config`` names; channels and image size must be filled (from the data)."""
+    if config.channels < 1 or config.image_size < 1:
+        raise HeadstartError("vision.channels and vision.image_size: expected positive sizes (from the data)")
     if config.kind == "resnet":
         return ResNet(config)
     if config.kind == "vit":

@@ -28,10 +28,9 @@ from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
+from headstart.train.pretrain_images import pretrain_images
+from headstart.train.run_dir import open_run
 from headstart.train.validate import evaluate_windows
-
-# Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {("train", "steps"), ("train", "max_minutes"), ("train", "eval_every"), ("train", "log_every")}
 
 
 def build_objective(config: PretrainConfig, tokenizer: Tokenizer) -> Objective:
@@ -125,19 +124,6 @@ def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfi
     return replace(config, model=model, objective=objective, run=replace(config.run, name=name))
 
 
-def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    for section, values in current.items():
-        for key, value in values.items():
-            if (section, key) in RESUMABLE_CHANGES:
-                continue
-            before = saved.get(section, {}).get(key)
-            if before != value:
-                raise HeadstartError(
-                    f"resume from {where}: {section}.{key} was {before!r}, now {value!r}; "
-                    "a resumed run must keep its config (start a new run.name instead)"
-                )
-
-
 def split_bytes_per_token(meta: dict[str, Any], split: str) -> float | None:
     """UTF-8 bytes per token of a prepared split (for bits per byte)."""
     stats = meta["splits"][split]
@@ -171,6 +157,8 @@ def pretrain(
 ) -> LoopResult:
     """Run (or resume) one pretraining run; returns where it ended and its last evaluation."""
     console = console or Console(stderr=True)
+    if config.data.images:
+        return pretrain_images(config, resume, console, quiet)
     if not config.data.shards:
         raise HeadstartError("data.shards: expected the directory written by `headstart prepare`")
     shards = open_shards(config.data.shards)
@@ -178,21 +166,7 @@ def pretrain(
     tokenizer = load_tokenizer(tokenizer_path)
     info = tokenizer_info(tokenizer)
     config = resolve_config(config, info)
-    run_dir = Path(config.run.out_dir) / config.run.name
-    existing = ckpt.list_checkpoints(run_dir / "checkpoints")
-    resume_from = None
-    if existing and not resume:
-        raise HeadstartError(
-            f"run directory {run_dir} already has checkpoints; pass --resume to continue it or set run.name"
-        )
-    if resume and existing:
-        resume_from = existing[-1]
-        ckpt.verify(resume_from)
-        check_resume_compatible(ckpt.read_config(resume_from), to_dict(config), resume_from)
-        console.print(f"resuming {run_dir} from {resume_from.name}", highlight=False)
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
-    torch.manual_seed(config.train.seed)
+    run_dir, resume_from = open_run(config, resume, console)
     model = build_model(config)
     describe(model, config, console)
     prior = (0.0, 0.0)
@@ -269,7 +243,8 @@ def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
     tokens_per_s = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]  # the warm half
     train = config.train
-    seconds_per_step = train.batch_size * train.grad_accum * train.seq_len / tokens_per_s
+    tokens_per_sample = 1 if config.data.images else train.seq_len  # an image counts as one
+    seconds_per_step = train.batch_size * train.grad_accum * tokens_per_sample / tokens_per_s
     steps = int(minutes * 60 / seconds_per_step)
     evaluations = steps // train.eval_every if train.eval_every else 0
     eval_seconds = evaluations * train.eval_batches * seconds_per_step / 3  # forward only

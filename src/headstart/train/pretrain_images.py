@@ -1,0 +1,133 @@
+"""Self-supervised pretraining on unlabelled images: dataset + vision backbone + SimCLR or MAE,
+through the same loop, checkpoints and resume as text.
+
+While it trains, the frozen backbone is scored at every evaluation by kNN and a linear probe
+on a labelled dataset (``data.eval_images``), so a run shows when its features stop improving
+even while its own loss keeps falling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from headstart.config import PretrainConfig, save_yaml, to_dict
+from headstart.data.augment import build_views
+from headstart.data.images import ImageBatches, ImageSet, read_images
+from headstart.errors import HeadstartError
+from headstart.models.vision import VisionTransformer, build_vision
+from headstart.objectives.base import Objective
+from headstart.objectives.contrastive import ContrastiveModel, SimCLR
+from headstart.objectives.mae import MAE, MaskedAutoencoder
+from headstart.train.frozen_features import frozen_scores
+from headstart.train.loop import LoopResult, train_loop
+from headstart.train.run_dir import open_run
+
+IMAGE_OBJECTIVES = ("simclr", "mae")
+
+
+def resolve_vision(config: PretrainConfig, images: ImageSet) -> PretrainConfig:
+    """Fill the backbone's channels and image size from the data, and check the pairing."""
+    _, height, width, channels = images.images.shape
+    if height != width:
+        raise HeadstartError(f"{config.data.images}: images are {width}×{height}; expected square images")
+    vision = config.vision
+    for name, value in (("channels", channels), ("image_size", height)):
+        given = getattr(vision, name)
+        if given and given != value:
+            raise HeadstartError(f"vision.{name}={given}: the images in {config.data.images} have {value}")
+    vision = replace(vision, channels=channels, image_size=height)
+    if config.objective.name == "mae" and vision.kind != "vit":
+        raise HeadstartError("objective.name=mae: masked autoencoding needs vision.kind=vit")
+    name = config.run.name or f"{config.objective.name}-{Path(config.data.images).stem}"
+    return replace(config, vision=vision, run=replace(config.run, name=name))
+
+
+def build_image_model(config: PretrainConfig) -> nn.Module:
+    """What the loop trains; its ``backbone`` is what fine-tuning and probes start from."""
+    backbone = build_vision(config.vision)
+    objective = config.objective
+    if objective.name == "mae":
+        assert isinstance(backbone, VisionTransformer)
+        return MaskedAutoencoder(backbone, objective.decoder_width, objective.decoder_depth, config.vision.n_head)
+    return ContrastiveModel(backbone, objective.projection_hidden, objective.projection_dim)
+
+
+def build_image_objective(config: PretrainConfig) -> Objective:
+    vision, objective = config.vision, config.objective
+    if objective.name == "mae":
+        return MAE((vision.image_size // vision.patch) ** 2, objective.mask_ratio)
+    views = build_views((vision.image_size, vision.image_size), vision.channels, config.augment)
+    return SimCLR(views, objective.temperature)
+
+
+def flops_per_image(model: nn.Module, objective: Objective, sample: torch.Tensor) -> float:
+    """Training FLOPs per image: the objective's forward on a small batch, counted by torch's
+    flop counter, times three (backward costs about twice the forward)."""
+    batch = objective.make_batch(sample, torch.Generator().manual_seed(0))
+    model.eval()  # counting must not move batch-norm statistics
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        objective.loss(model, batch)
+    model.train()
+    return 3.0 * counter.get_total_flops() / len(sample)
+
+
+def eval_subset(images: ImageSet, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``count`` labelled images, spread evenly over the split (the same ones every time)."""
+    if images.labels is None:
+        raise HeadstartError(f"data.eval_images={images.source}: expected labelled images")
+    rows = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(np.int64)
+    return images.images[rows], images.labels[rows]
+
+
+def pretrain_images(
+    config: PretrainConfig, resume: bool = False, console: Console | None = None, quiet: bool = False
+) -> LoopResult:
+    """Run (or resume) one image pretraining run."""
+    console = console or Console(stderr=True)
+    if config.objective.name not in IMAGE_OBJECTIVES:
+        raise HeadstartError(f"objective.name={config.objective.name}: images take simclr or mae")
+    train = read_images(config.data.images, "train")
+    config = resolve_vision(config, train)
+    run_dir, resume_from = open_run(config, resume, console)
+    model = build_image_model(config)
+    objective = build_image_objective(config)
+    backbone = model.backbone
+    console.print(
+        f"model: {config.vision.kind} ({sum(p.numel() for p in backbone.parameters()):,} parameters) + "
+        f"{config.objective.name} head; {len(train):,} unlabelled images "
+        f"{config.vision.image_size}×{config.vision.image_size}×{config.vision.channels}",
+        highlight=False,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "config.yaml")
+    evaluate = None
+    if config.data.eval_images:
+        fit = eval_subset(read_images(config.data.eval_images, "train"), config.data.eval_examples)
+        test = eval_subset(read_images(config.data.eval_images, "test"), config.data.eval_examples)
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            return frozen_scores(model.backbone, *fit, *test)
+
+    sample = torch.from_numpy(train.images[: min(8, len(train))])
+    return train_loop(
+        model,
+        objective,
+        ImageBatches(train.images, config.train.seed),
+        config.train,
+        config.optim,
+        config.schedule,
+        run_dir,
+        to_dict(config),
+        flops_per_image(model, objective, sample),
+        evaluate=evaluate,
+        resume=resume_from,
+        console=console,
+        quiet=quiet,
+    )

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from headstart import api
+from headstart.config import VisionConfig
+from headstart.errors import HeadstartError
+from headstart.models.vision import build_vision
+from headstart.train import pretrain_images as module
+from headstart.train.frozen_features import frozen_scores, knn_accuracy
+
+
+def two_class_images(path, n=64, seed=0):
+    """Class 0: bright left half; class 1: bright right half; noise on top."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 8, 8), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, :, 4 * label : 4 * label + 4] += 180
+    np.savez(
+        path, x_train=images, y_train=labels.astype(np.uint8), x_test=images[:32], y_test=labels[:32].astype(np.uint8)
+    )
+    return path
+
+
+TINY = [
+    "train.batch_size=16", "train.precision=fp32", "train.log_every=1", "schedule.warmup_steps=2", "optim.lr=3e-3",
+    "vision.width=8", "vision.depth=1", "objective.projection_hidden=32", "objective.projection_dim=16",
+]  # fmt: skip
+
+
+def run(tmp_path, name, extra=(), resume=False):
+    data = two_class_images(tmp_path / "images.npz")
+    overrides = [*TINY, f"data.images={data}", f"data.eval_images={data}", f"run.out_dir={tmp_path}",
+                 f"run.name={name}", "objective.name=simclr", *extra]  # fmt: skip
+    return api.pretrain("gpt-tiny", overrides, resume=resume, quiet=True)
+
+
+def test_simclr_run_evaluates_frozen_features_and_resumes_exactly(tmp_path, monkeypatch):
+    settings = ["train.steps=6", "train.checkpoint_every=3", "train.eval_every=3"]
+    straight = run(tmp_path, "straight", settings)
+    assert {"knn_accuracy", "probe_accuracy"} <= set(straight.last_eval)
+    compute = json.loads((straight.checkpoint / "compute.json").read_text())
+    assert compute["tokens"] == 6 * 16 and compute["flops"] > 0  # an image counts as one "token"
+
+    original = module.ImageBatches.batch
+    calls = {"n": 0}
+
+    def crash_at_step_5(self, first, count):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return original(self, first, count)
+
+    monkeypatch.setattr(module.ImageBatches, "batch", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path, "crashed", settings)
+    monkeypatch.setattr(module.ImageBatches, "batch", original)
+    resumed = run(tmp_path, "crashed", settings, resume=True)
+    a, b = (load_file(str(r.checkpoint / "model.safetensors")) for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mae_trains_a_vit_and_refuses_a_resnet(tmp_path):
+    vit = [
+        "vision.kind=vit", "vision.patch=2", "vision.width=16", "vision.n_head=2", "objective.name=mae",
+        "objective.decoder_width=16", "objective.decoder_depth=1", "train.steps=30", "train.eval_every=0",
+    ]  # fmt: skip
+    result = run(tmp_path, "mae", vit)
+    losses = [
+        json.loads(x)["loss"] for x in (tmp_path / "mae" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
+    ]
+    assert losses[-1] < 0.9 * losses[0]
+    assert "backbone.patch_embed.weight" in load_file(str(result.checkpoint / "model.safetensors"))
+    with pytest.raises(HeadstartError, match=r"needs vision\.kind=vit"):
+        run(tmp_path, "mae-resnet", ["objective.name=mae", "train.steps=2"])
+
+
+def test_frozen_evaluation_leaves_batch_norm_and_mode_alone():
+    torch.manual_seed(0)
+    backbone = build_vision(VisionConfig(kind="resnet", channels=1, image_size=8, width=4, depth=1))
+    backbone.train()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), np.arange(40) % 2
+    scores = frozen_scores(backbone, images, labels, images, labels)
+    assert backbone.training  # its mode is restored
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())  # running stats untouched
+    assert 0.0 <= scores["knn_accuracy"] <= 1.0 and 0.0 <= scores["probe_accuracy"] <= 1.0
+
+
+def test_knn_votes_by_similarity():
+    fit = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    test = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
+    assert knn_accuracy(fit, labels, test, torch.tensor([0, 1]), k=1) == 1.0
+    assert knn_accuracy(fit, labels, test, torch.tensor([1, 0]), k=1) == 0.0

@@ -16,6 +16,7 @@ examples:
   headstart prepare corpus.txt --out data/corpus --tokenizer bpe --vocab-size 8192
   headstart pretrain gpt-tiny data.shards=data/corpus train.steps=2000
   headstart pretrain bert-tiny data.shards=data/corpus --resume
+  headstart pretrain simclr-fmnist train.steps=500
   headstart finetune sst2 init=runs/mlm-corpus budget=500
   headstart transfer study.yaml                          # inits × label budgets × seeds → report.md + plots
   headstart evaluate runs/clm-corpus --data data/corpus
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser(
         "pretrain",
-        help="pretrain a model (causal LM or masked LM) on prepared shards",
+        help="pretrain a model: causal / masked LM / ELECTRA on prepared shards, SimCLR / MAE on images",
         description=f"Recipes: {', '.join(recipe_names())}. Any config field can be overridden as "
         "section.field=value; the resolved config is saved with every checkpoint.",
     )

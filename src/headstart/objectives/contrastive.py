@@ -44,6 +44,7 @@ class ContrastiveModel(nn.Module):
 class SimCLR:
     name = "simclr"
     head_fraction = 0.0
+    unit = "img"  # throughput counts images
 
     def __init__(self, views: nn.Module, temperature: float = 0.2) -> None:
         self.views = views

@@ -54,6 +54,7 @@ class MaskedAutoencoder(nn.Module):
 class MAE:
     name = "mae"
     head_fraction = 0.0
+    unit = "img"  # throughput counts images
 
     def __init__(self, n_patches: int, mask_ratio: float = 0.75, norm_pixels: bool = True) -> None:
         if not 0.0 < mask_ratio < 1.0:

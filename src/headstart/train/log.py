@@ -44,8 +44,9 @@ def format_duration(seconds: float) -> str:
 class ProgressDisplay:
     """A rich progress bar on a terminal; plain log lines elsewhere (CI logs, pipes)."""
 
-    def __init__(self, console: Console, total: int, start: int, quiet: bool = False) -> None:
+    def __init__(self, console: Console, total: int, start: int, quiet: bool = False, unit: str = "tok") -> None:
         self.console = console
+        self.unit = unit  # what the throughput counts: tokens, or images for image objectives
         self.quiet = quiet
         self.live = console.is_terminal and not quiet
         self.progress: Progress | None = None
@@ -63,7 +64,7 @@ class ProgressDisplay:
 
     def update(self, record: dict[str, Any], total: int) -> None:
         stats = (
-            f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
+            f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} {self.unit}/s  "
             f"MFU {100 * record['mfu']:.1f}%  ETA {format_duration(record['eta_s'])}"
         )
         if self.progress is not None:

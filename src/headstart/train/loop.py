@@ -151,7 +151,7 @@ def train_loop(
     forward = torch.compile(model) if train.compile else model
     peak = peak_flops(dtype, device)
     metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step=step if resume is not None else None)
-    progress = ProgressDisplay(console, train.steps, step, quiet=quiet)
+    progress = ProgressDisplay(console, train.steps, step, quiet=quiet, unit=getattr(objective, "unit", "tok"))
     per_step = train.batch_size * train.grad_accum
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()

@@ -111,6 +111,8 @@ def header(budgets: list[int], unit: str = "") -> list[str]:
 def write_report(run_dir: Path, config: StudyConfig, architecture: str, references: References) -> Path:
     records = read_results(run_dir / "results.jsonl")
     table = grouped(records)
+    order = [*config.inits, *table]  # the study's order of inits, then any no longer listed
+    table = {name: table[name] for name in dict.fromkeys(order) if name in table}
     metric = records[0]["metric"] if records else "accuracy"
     budgets = sorted({b for by_budget in table.values() for b in by_budget})
     plot_labels(table, run_dir / "metric_vs_labels.png", metric)

@@ -3,6 +3,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from headstart.config import PrepareConfig, TokenizerConfig
 from headstart.data.prepare import prepare
@@ -88,3 +89,16 @@ def tiny_encoder(tiny_shards, tmp_path_factory) -> Path:
 def tiny_decoder(tiny_shards, tmp_path_factory) -> Path:
     """A 2-layer causal-LM checkpoint pretrained for a few steps on the tiny corpus."""
     return _tiny_checkpoint(tiny_shards, tmp_path_factory.mktemp("decoder"), "gpt-tiny", 64)
+
+
+def fit_one_batch(objective, model, batch, steps: int, lr: float = 3e-3) -> tuple[list[float], dict]:
+    """Adam on one fixed batch: the losses, and the last step's metrics (can the objective learn?)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses, metrics = [], {}
+    for _ in range(steps):
+        loss, metrics = objective.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, metrics

@@ -7,6 +7,7 @@ from headstart.config import AugmentConfig, VisionConfig
 from headstart.data.augment import build_views
 from headstart.models.vision import build_vision
 from headstart.objectives.contrastive import ContrastiveModel, SimCLR, nt_xent
+from tests.conftest import fit_one_batch
 
 
 def test_nt_xent_matches_a_hand_computed_case():
@@ -33,12 +34,5 @@ def test_simclr_batch_views_differ_and_loss_trains():
     again = objective.make_batch(images, torch.Generator().manual_seed(1))
     assert batch["first"].shape == (16, 1, 16, 16) and not torch.equal(batch["first"], batch["second"])
     assert torch.equal(batch["first"], again["first"])  # the step's generator decides the views
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        loss, metrics = objective.loss(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses, metrics = fit_one_batch(objective, model, batch, steps=15)
     assert losses[-1] < losses[0] - 0.5 and 0.0 <= metrics["pair_accuracy"].item() <= 1.0

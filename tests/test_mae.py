@@ -6,6 +6,7 @@ from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
 from headstart.models.vision import build_vision
 from headstart.objectives.mae import MAE, MaskedAutoencoder
+from tests.conftest import fit_one_batch
 
 
 class FixedPrediction(torch.nn.Module):
@@ -48,12 +49,5 @@ def test_mae_loss_reads_only_masked_patches_and_trains():
     loss.backward()
     visible = ~batch["masked"]
     assert predicted.grad[visible].abs().max() == 0 and predicted.grad[~visible].abs().max() > 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(20):
-        loss, _ = objective.loss(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses, _ = fit_one_batch(objective, model, batch, steps=20)
     assert losses[-1] < 0.8 * losses[0]

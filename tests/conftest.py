@@ -73,9 +73,11 @@ def write_task():
 def _tiny_checkpoint(shards: Path, out: Path, recipe: str, width: int) -> Path:
     from headstart import api
 
+    # Random embeddings: skip-gram on the tiny corpus of random words collapses them.
     overrides = [f"data.shards={shards}", f"run.out_dir={out}", "run.name=p", "model.n_layer=2",
                  f"model.n_embd={width}", "model.n_head=2", "model.context=32", "train.seq_len=32",
-                 "train.batch_size=4", "train.steps=10", "train.eval_every=0", "train.precision=fp32"]  # fmt: skip
+                 "train.batch_size=4", "train.steps=10", "train.eval_every=0", "train.precision=fp32",
+                 "embeddings.init=random"]  # fmt: skip
     return api.pretrain(recipe, overrides, quiet=True).checkpoint
 
 

@@ -2,6 +2,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,38 @@ def fit_one_batch(objective, model, batch, steps: int, lr: float = 3e-3) -> tupl
         optimizer.step()
         losses.append(loss.item())
     return losses, metrics
+
+
+def two_class_images(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """An .npz of 8×8 grey images, class 0 bright on the left half and class 1 on the right,
+    with noise on top; its test split is the first half of the training images."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 8, 8), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, :, 4 * label : 4 * label + 4] += 180
+    np.savez(
+        path,
+        x_train=images,
+        y_train=labels.astype(np.uint8),
+        x_test=images[: n // 2],
+        y_test=labels[: n // 2].astype(np.uint8),
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    return two_class_images(tmp_path_factory.mktemp("images") / "images.npz", n=96)
+
+
+@pytest.fixture(scope="session")
+def tiny_simclr(tiny_images, tmp_path_factory) -> Path:
+    """A small ResNet pretrained by SimCLR for a few steps on the two-class images."""
+    from headstart import api
+
+    out = tmp_path_factory.mktemp("simclr")
+    overrides = [f"data.images={tiny_images}", f"run.out_dir={out}", "run.name=p", "objective.name=simclr",
+                 "vision.width=8", "vision.depth=1", "objective.projection_hidden=32", "objective.projection_dim=16",
+                 "train.batch_size=16", "train.steps=6", "train.eval_every=0", "train.precision=fp32"]  # fmt: skip
+    return api.pretrain("simclr-fmnist", [*overrides, "data.eval_images="], quiet=True).checkpoint

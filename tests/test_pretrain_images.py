@@ -11,20 +11,7 @@ from headstart.errors import HeadstartError
 from headstart.models.vision import build_vision
 from headstart.train import pretrain_images as module
 from headstart.train.frozen_features import frozen_scores, knn_accuracy
-
-
-def two_class_images(path, n=64, seed=0):
-    """Class 0: bright left half; class 1: bright right half; noise on top."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.integers(0, 60, (n, 8, 8), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        images[i, :, 4 * label : 4 * label + 4] += 180
-    np.savez(
-        path, x_train=images, y_train=labels.astype(np.uint8), x_test=images[:32], y_test=labels[:32].astype(np.uint8)
-    )
-    return path
-
+from tests.conftest import two_class_images
 
 TINY = [
     "train.batch_size=16", "train.precision=fp32", "train.log_every=1", "schedule.warmup_steps=2", "optim.lr=3e-3",
@@ -46,7 +33,7 @@ def test_simclr_run_evaluates_frozen_features_and_resumes_exactly(tmp_path, monk
     compute = json.loads((straight.checkpoint / "compute.json").read_text())
     assert compute["tokens"] == 6 * 16 and compute["flops"] > 0  # an image counts as one "token"
 
-    original = module.ImageBatches.batch
+    original = module.ExampleBatches.batch
     calls = {"n": 0}
 
     def crash_at_step_5(self, first, count):
@@ -55,10 +42,10 @@ def test_simclr_run_evaluates_frozen_features_and_resumes_exactly(tmp_path, monk
             raise RuntimeError("simulated crash")
         return original(self, first, count)
 
-    monkeypatch.setattr(module.ImageBatches, "batch", crash_at_step_5)
+    monkeypatch.setattr(module.ExampleBatches, "batch", crash_at_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, "crashed", settings)
-    monkeypatch.setattr(module.ImageBatches, "batch", original)
+    monkeypatch.setattr(module.ExampleBatches, "batch", original)
     resumed = run(tmp_path, "crashed", settings, resume=True)
     a, b = (load_file(str(r.checkpoint / "model.safetensors")) for r in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

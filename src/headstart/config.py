@@ -210,15 +210,22 @@ class PrepareConfig:
 
 @dataclass
 class TaskConfig:
-    """A labelled task read from JSONL: ``train`` is budgeted, ``eval`` is the reported set.
+    """A labelled task: ``train`` is budgeted, ``eval`` is the reported set.
 
     ``classify``: a text and a label per record. ``tag``: a list of words and one tag per word
     (IOB2 entities; text_field/label_field name the lists, e.g. tokens/tags). ``translate``: a
-    source and a target text (text_field/label_field, e.g. src/tgt) for a causal checkpoint."""
+    source and a target text (text_field/label_field, e.g. src/tgt) for a causal checkpoint.
+    Those read JSONL. ``image``: labelled images (IDX directory, .npz, image folder) for an
+    image checkpoint; ``train_split`` of ``train`` is budgeted, ``eval_split`` of ``eval``
+    (default: the same dataset) is reported."""
 
-    kind: Literal["classify", "tag", "translate"] = "classify"
+    kind: Literal["classify", "tag", "translate", "image"] = "classify"
     train: str = ""
     eval: str = ""
+    train_split: str = "train"  # image
+    eval_split: str = "test"  # image
+    crop_min: float = 1.0  # image: random crops of at least this fraction of the area while training; 1: none
+    flip: bool = False  # image: random horizontal flips while training
     text_field: str = "text"
     label_field: str = "label"
     max_len: int = 128
@@ -237,6 +244,7 @@ class FinetuneConfig:
     val_max: int = 2000  # at most this many held out (a large budget needs no more to choose well)
     pooling: Literal["mean", "cls", "last", "max"] = "mean"
     freeze_backbone: bool = False  # a linear probe: logistic regression on frozen pooled features
+    readout: Literal["logistic", "knn"] = "logistic"  # frozen backbone: the probe, or weighted kNN (classification)
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
     # At least this many passes over the training split: a large budget gets proportionally more
@@ -262,8 +270,11 @@ class StudyConfig:
     settings: list[str] = field(default_factory=list)  # overrides for every run, e.g. task.train=...
     # name → a checkpoint directory, "scratch" (the architecture from random init), or a
     # reference read out by logistic regression: "skipgram" (word vectors trained on
-    # reference_text) or "ngrams" (bag of n-grams from the labels alone)
+    # reference_text) or "ngrams" (bag of n-grams from the labels alone) for text
+    # classification, "pixels" (raw pixel values) for images
     inits: dict[str, str] = field(default_factory=dict)
+    # name → fine-tune overrides for that init's runs only, e.g. {simclr-knn: [freeze_backbone=true, readout=knn]}
+    init_settings: dict[str, list[str]] = field(default_factory=dict)
     architecture: str = ""  # for scratch: default, the first checkpoint among the inits
     budgets: list[int] = field(default_factory=lambda: [100, 500, 2000, 0])  # 0: all labels
     seeds: int = 5

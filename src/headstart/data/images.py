@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from headstart.errors import HeadstartError
 
@@ -185,30 +184,3 @@ def read_folder(folder: Path) -> ImageSet:
 
 def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
-class ImageBatches:
-    """Deterministic, seekable batches: each epoch visits every image once in a fresh seeded
-    permutation, so sample i is a pure function of (seed, i) and resuming replays nothing."""
-
-    def __init__(self, images: np.ndarray, seed: int) -> None:
-        if len(images) < 2:
-            raise HeadstartError(f"{len(images)} training images: expected at least 2")
-        self.images = images
-        self.seed = seed
-        self._epoch = -1
-        self._order = np.empty(0, dtype=np.int64)
-
-    def indices(self, first: int, count: int) -> np.ndarray:
-        out = np.empty(count, dtype=np.int64)
-        for row in range(count):
-            epoch, position = divmod(first + row, len(self.images))
-            if epoch != self._epoch:
-                self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
-                self._epoch = epoch
-            out[row] = self._order[position]
-        return out
-
-    def batch(self, first: int, count: int) -> torch.Tensor:
-        """Samples first .. first+count-1 as uint8 (count, H, W, C)."""
-        return torch.from_numpy(self.images[self.indices(first, count)])

@@ -1,4 +1,5 @@
-"""Sequence classification: a padded batch of token ids in, cross-entropy over classes out."""
+"""Classification objectives: a padded batch of token ids, or a batch of images, in;
+cross-entropy over classes out."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from headstart.data.augment import augment, to_float
 
 
 def pad_batch(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,13 +30,42 @@ class Classify:
         return raw
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = model(batch["input"], batch["mask"]).float()
-        loss = F.cross_entropy(logits, batch["label"])
-        accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
-        return loss, {"accuracy": accuracy.detach()}
+        return cross_entropy_and_accuracy(model(batch["input"], batch["mask"]), batch["label"])
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["mask"].sum())
+
+
+class ImageClassify:
+    """uint8 images in (made float here, and randomly cropped / flipped when ``views`` is given,
+    with randomness drawn from the step's generator: resume needs no replay)."""
+
+    name = "image-classify"
+    head_fraction = 0.0
+    unit = "img"  # throughput counts images
+
+    def __init__(self, views: nn.Module | None = None) -> None:
+        self.views = views
+
+    def make_batch(self, raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        images = to_float(raw["input"])
+        if self.views is not None:
+            images = augment(self.views, images, int(torch.randint(2**62, (1,), generator=generator)))
+        return {"input": images, "label": raw["label"]}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return cross_entropy_and_accuracy(model(batch["input"]), batch["label"])
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["label"])
+
+
+def cross_entropy_and_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    logits = logits.float()
+    accuracy = (logits.argmax(-1) == labels).float().mean()
+    return F.cross_entropy(logits, labels), {"accuracy": accuracy.detach()}
 
 
 def accuracy_and_macro_f1(predicted: np.ndarray, gold: np.ndarray, n_classes: int) -> dict[str, float]:

@@ -1,16 +1,22 @@
-"""What a fine-tuning task provides to ``finetune``: the one loop and the study stay task-agnostic."""
+"""What a fine-tuning task provides to ``finetune``: the one loop and the study stay task- and
+modality-agnostic (text tasks hold their tokenizer, image tasks need none)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from headstart.config import TaskConfig
+from headstart.data.tokenizers import tokenizer_info
+from headstart.errors import HeadstartError
 from headstart.objectives.base import Objective
+
+Batch = TypeVar("Batch")
 
 
 class Task(Protocol):
@@ -21,7 +27,7 @@ class Task(Protocol):
     objective: Objective
 
     def read(self) -> None:
-        """Read the train and eval files (the eval labels must lie in the train label set)."""
+        """Read the train and eval data (the eval labels must lie in the train label set)."""
         ...
 
     @property
@@ -29,7 +35,7 @@ class Task(Protocol):
         """One class per training record: what label budgets are stratified on."""
         ...
 
-    def encode(self, tokenizer: Tokenizer, split: str, rows: np.ndarray | None = None) -> Any:
+    def encode(self, split: str, rows: np.ndarray | None = None) -> Any:
         """Records of ``split`` ("train" or "eval", ``rows`` of it) as model inputs and targets."""
         ...
 
@@ -37,30 +43,50 @@ class Task(Protocol):
         """The backbone with this task's head (a ``head`` linear layer)."""
         ...
 
-    def collate(self, encoded: Any, pad_id: int) -> Callable[[list[int]], dict[str, torch.Tensor]]:
-        """Rows of ``encoded`` → a padded training batch for ``objective``."""
+    def collate(self, encoded: Any) -> Callable[[list[int]], dict[str, torch.Tensor]]:
+        """Rows of ``encoded`` → a training batch for ``objective``."""
         ...
 
     def size(self, encoded: Any) -> int: ...
 
-    def features(self, model: nn.Module, encoded: Any, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def units(self, encoded: Any) -> int:
+        """What the backbone processes for ``encoded`` (tokens, or images), for FLOP counts."""
+        ...
+
+    def features(self, model: nn.Module, encoded: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen-backbone features and their targets, for the logistic probe."""
         ...
 
-    def score(self, model: nn.Module, encoded: Any, pad_id: int, final: bool = False) -> dict[str, float]:
+    def score(self, model: nn.Module, encoded: Any, final: bool = False) -> dict[str, float]:
         """The task's metrics on ``encoded`` (``metric`` among them); ``final``: the reported score
         (a task may score a cheaper way while training, e.g. greedy decoding of a subset)."""
         ...
 
 
-class ExampleBatches:
-    """Seeded epoch permutations over n examples; sample i is a pure function of (seed, i)."""
+class TextTask:
+    """What the text tasks share: the checkpoint's tokenizer and its padding id."""
 
-    def __init__(self, n: int, collate: Callable[[list[int]], dict[str, torch.Tensor]], seed: int) -> None:
+    def __init__(self, config: TaskConfig, tokenizer: Tokenizer | None) -> None:
+        if tokenizer is None:
+            raise HeadstartError(f"task.kind={config.kind}: expected a text checkpoint (with a tokenizer.json)")
+        self.config, self.tokenizer = config, tokenizer
+        self.pad_id = tokenizer_info(tokenizer).pad_id
+
+    def units(self, encoded: Any) -> int:
+        return sum(len(ids) for ids in encoded.ids)
+
+
+class ExampleBatches(Generic[Batch]):
+    """Seeded epoch permutations over n examples; sample i is a pure function of (seed, i), so a
+    resumed run replays nothing. ``collate`` turns rows into what the objective's make_batch takes."""
+
+    def __init__(self, n: int, collate: Callable[[list[int]], Batch], seed: int) -> None:
+        if n < 1:
+            raise HeadstartError("no training examples: expected at least one")
         self.n, self.collate, self.seed = n, collate, seed
         self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
 
-    def batch(self, first: int, count: int) -> dict[str, torch.Tensor]:
+    def batch(self, first: int, count: int) -> Batch:
         rows = []
         for index in range(first, first + count):
             epoch, position = divmod(index, self.n)

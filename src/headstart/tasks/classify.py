@@ -16,7 +16,7 @@ from headstart.data.labelled import LabelledText, read_labelled_jsonl
 from headstart.data.tokenizers import tokenizer_info
 from headstart.models.heads import SequenceClassifier, pool
 from headstart.objectives.classify import Classify, accuracy_and_macro_f1, pad_batch
-from headstart.tasks.base import length_batches
+from headstart.tasks.base import TextTask, length_batches
 
 
 @dataclass
@@ -50,12 +50,12 @@ def pooled_features(model: SequenceClassifier, ids: list[np.ndarray], pad_id: in
     return features
 
 
-class ClassifyTask:
+class ClassifyTask(TextTask):
     metric = "accuracy"
     track_eval = True
 
-    def __init__(self, config: TaskConfig) -> None:
-        self.config = config
+    def __init__(self, config: TaskConfig, tokenizer: Tokenizer | None) -> None:
+        super().__init__(config, tokenizer)
         self.objective = Classify()
         self.train: LabelledText | None = None
         self.eval: LabelledText | None = None
@@ -75,19 +75,19 @@ class ClassifyTask:
         assert self.train is not None
         return len(self.train.classes)
 
-    def encode(self, tokenizer: Tokenizer, split: str, rows: np.ndarray | None = None) -> EncodedTexts:
+    def encode(self, split: str, rows: np.ndarray | None = None) -> EncodedTexts:
         data = self.train if split == "train" else self.eval
         assert data is not None
         rows = np.arange(len(data.texts)) if rows is None else rows
-        ids = encode_texts(tokenizer, [data.texts[i] for i in rows], self.config.max_len)
+        ids = encode_texts(self.tokenizer, [data.texts[i] for i in rows], self.config.max_len)
         return EncodedTexts(ids, data.labels[rows])
 
     def build_model(self, backbone: nn.Module, pooling: str) -> SequenceClassifier:
         return SequenceClassifier(backbone, self.n_classes, pooling)  # type: ignore[arg-type]
 
-    def collate(self, encoded: EncodedTexts, pad_id: int) -> Callable[[list[int]], dict[str, torch.Tensor]]:
+    def collate(self, encoded: EncodedTexts) -> Callable[[list[int]], dict[str, torch.Tensor]]:
         def batch(rows: list[int]) -> dict[str, torch.Tensor]:
-            ids, mask = pad_batch([encoded.ids[r] for r in rows], pad_id)
+            ids, mask = pad_batch([encoded.ids[r] for r in rows], self.pad_id)
             return {"input": ids, "mask": mask, "label": torch.from_numpy(encoded.labels[rows])}
 
         return batch
@@ -95,12 +95,16 @@ class ClassifyTask:
     def size(self, encoded: EncodedTexts) -> int:
         return len(encoded.ids)
 
-    def features(self, model: nn.Module, encoded: EncodedTexts, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return pooled_features(model, encoded.ids, pad_id), torch.from_numpy(encoded.labels)  # type: ignore[arg-type]
+    def features(self, model: nn.Module, encoded: EncodedTexts) -> tuple[torch.Tensor, torch.Tensor]:
+        return pooled_features(model, encoded.ids, self.pad_id), torch.from_numpy(encoded.labels)  # type: ignore[arg-type]
 
-    def score(self, model: nn.Module, encoded: EncodedTexts, pad_id: int, final: bool = False) -> dict[str, float]:
-        features, _ = self.features(model, encoded, pad_id)
+    def score(self, model: nn.Module, encoded: EncodedTexts, final: bool = False) -> dict[str, float]:
+        features, _ = self.features(model, encoded)
         head = model.head
         with torch.no_grad():
             logits = features @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()
-        return accuracy_and_macro_f1(logits.argmax(-1).numpy(), encoded.labels, self.n_classes)
+        return self.metrics(logits, encoded.labels)
+
+    def metrics(self, logits: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+        """Accuracy and macro-F1 of class scores (N, n_classes) against the labels."""
+        return accuracy_and_macro_f1(logits.argmax(-1).numpy(), labels, self.n_classes)

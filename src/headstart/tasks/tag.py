@@ -23,7 +23,7 @@ from headstart.data.labelled import TaggedText, read_tagged_jsonl
 from headstart.data.tokenizers import tokenizer_info
 from headstart.objectives.classify import pad_batch
 from headstart.objectives.tag import IGNORE, TokenTargets
-from headstart.tasks.base import length_batches
+from headstart.tasks.base import TextTask, length_batches
 
 
 @dataclass
@@ -71,12 +71,12 @@ class TokenClassifier(nn.Module):
         return self.head(self.backbone(idx, padding_mask=mask))
 
 
-class TagTask:
+class TagTask(TextTask):
     metric = "f1"
     track_eval = True
 
-    def __init__(self, config: TaskConfig) -> None:
-        self.config = config
+    def __init__(self, config: TaskConfig, tokenizer: Tokenizer | None) -> None:
+        super().__init__(config, tokenizer)
         self.objective = TokenTargets("tag", head_fraction=0.0)
         self.train: TaggedText | None = None
         self.eval: TaggedText | None = None
@@ -91,13 +91,13 @@ class TagTask:
         assert self.train is not None
         return self.train.strata
 
-    def encode(self, tokenizer: Tokenizer, split: str, rows: np.ndarray | None = None) -> EncodedSentences:
+    def encode(self, split: str, rows: np.ndarray | None = None) -> EncodedSentences:
         data = self.train if split == "train" else self.eval
         assert data is not None
         rows = np.arange(len(data.words)) if rows is None else rows
         out = EncodedSentences([], [], [], [])
-        start_id = tokenizer_info(tokenizer).eod_id
-        encodings = tokenizer.encode_batch([" ".join(data.words[row]) for row in rows], add_special_tokens=False)
+        start_id = tokenizer_info(self.tokenizer).eod_id
+        encodings = self.tokenizer.encode_batch([" ".join(data.words[row]) for row in rows], add_special_tokens=False)
         for row, encoding in zip(rows, encodings, strict=True):
             ids, first = align(data.words[row], encoding, start_id, self.config.max_len)
             target = np.full(len(ids), IGNORE, dtype=np.int64)
@@ -113,9 +113,9 @@ class TagTask:
         assert self.train is not None
         return TokenClassifier(backbone, len(self.train.tag_names))
 
-    def collate(self, encoded: EncodedSentences, pad_id: int) -> Callable[[list[int]], dict[str, torch.Tensor]]:
+    def collate(self, encoded: EncodedSentences) -> Callable[[list[int]], dict[str, torch.Tensor]]:
         def batch(rows: list[int]) -> dict[str, torch.Tensor]:
-            ids, mask = pad_batch([encoded.ids[r] for r in rows], pad_id)
+            ids, mask = pad_batch([encoded.ids[r] for r in rows], self.pad_id)
             target, _ = pad_batch([encoded.targets[r] for r in rows], IGNORE)
             return {"input": ids, "mask": mask, "target": target}
 
@@ -125,14 +125,14 @@ class TagTask:
         return len(encoded.ids)
 
     @torch.no_grad()
-    def _hidden_at_words(self, model: TokenClassifier, encoded: EncodedSentences, pad_id: int) -> list[torch.Tensor]:
+    def _hidden_at_words(self, model: TokenClassifier, encoded: EncodedSentences) -> list[torch.Tensor]:
         """Per sentence, the backbone's hidden state at each kept word's first token."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         out: list[torch.Tensor] = [torch.empty(0)] * len(encoded.ids)
         for rows in length_batches([len(x) for x in encoded.ids]):
-            ids, mask = pad_batch([encoded.ids[r] for r in rows], pad_id)
+            ids, mask = pad_batch([encoded.ids[r] for r in rows], self.pad_id)
             hidden = model.backbone(ids.to(device), padding_mask=mask.to(device)).float().cpu()
             for slot, row in enumerate(rows):
                 first = encoded.first_token[row]
@@ -140,18 +140,18 @@ class TagTask:
         model.train(was_training)
         return out
 
-    def features(self, model: nn.Module, encoded: EncodedSentences, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self._hidden_at_words(model, encoded, pad_id)  # type: ignore[arg-type]
+    def features(self, model: nn.Module, encoded: EncodedSentences) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self._hidden_at_words(model, encoded)  # type: ignore[arg-type]
         tags = [torch.from_numpy(t[f >= 0]) for t, f in zip(encoded.tags, encoded.first_token, strict=True)]
         return torch.cat(hidden), torch.cat(tags)
 
-    def score(self, model: nn.Module, encoded: EncodedSentences, pad_id: int, final: bool = False) -> dict[str, float]:
+    def score(self, model: nn.Module, encoded: EncodedSentences, final: bool = False) -> dict[str, float]:
         assert self.train is not None
         names = self.train.tag_names
         head = model.head
         weight, bias = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
         gold, predicted = [], []
-        hidden_at_words = self._hidden_at_words(model, encoded, pad_id)  # type: ignore[arg-type]
+        hidden_at_words = self._hidden_at_words(model, encoded)  # type: ignore[arg-type]
         for hidden, first, tags in zip(hidden_at_words, encoded.first_token, encoded.tags, strict=True):
             words = np.zeros(len(tags), dtype=np.int64)  # a truncated word is predicted O (index 0)
             words[first >= 0] = (hidden @ weight.T + bias).argmax(-1).numpy()

@@ -23,7 +23,7 @@ from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import pad_batch
 from headstart.objectives.tag import IGNORE, TokenTargets
-from headstart.tasks.base import length_batches
+from headstart.tasks.base import TextTask, length_batches
 
 VAL_SENTENCES = 300  # decoded for early stopping; the reported set is decoded whole
 
@@ -121,16 +121,15 @@ def decode(
     return out
 
 
-class TranslateTask:
+class TranslateTask(TextTask):
     metric = "bleu"
     track_eval = False  # decoding the whole reported set at every evaluation costs too much
 
-    def __init__(self, config: TaskConfig) -> None:
-        self.config = config
+    def __init__(self, config: TaskConfig, tokenizer: Tokenizer | None) -> None:
+        super().__init__(config, tokenizer)
         self.objective = TokenTargets("translate", head_fraction=1.0)
         self.train: Pairs | None = None
         self.eval: Pairs | None = None
-        self.tokenizer: Tokenizer | None = None
 
     def read(self) -> None:
         c = self.config
@@ -142,14 +141,13 @@ class TranslateTask:
         assert self.train is not None
         return np.zeros(len(self.train.sources), dtype=np.int64)  # no classes: a uniform random subset
 
-    def encode(self, tokenizer: Tokenizer, split: str, rows: np.ndarray | None = None) -> EncodedPairs:
+    def encode(self, split: str, rows: np.ndarray | None = None) -> EncodedPairs:
         data = self.train if split == "train" else self.eval
         assert data is not None
-        self.tokenizer = tokenizer
-        info = tokenizer_info(tokenizer)
+        info = tokenizer_info(self.tokenizer)
         rows = np.arange(len(data.sources)) if rows is None else rows
-        sources = tokenizer.encode_batch([data.sources[i] for i in rows], add_special_tokens=False)
-        targets = tokenizer.encode_batch([data.targets[i] for i in rows], add_special_tokens=False)
+        sources = self.tokenizer.encode_batch([data.sources[i] for i in rows], add_special_tokens=False)
+        targets = self.tokenizer.encode_batch([data.targets[i] for i in rows], add_special_tokens=False)
         max_len = self.config.max_len
         out = EncodedPairs([], [], [], [data.targets[i] for i in rows], 0)
         for source, target in zip(sources, targets, strict=True):
@@ -168,9 +166,9 @@ class TranslateTask:
     def build_model(self, backbone: nn.Module, pooling: str) -> Translator:
         return Translator(backbone)
 
-    def collate(self, encoded: EncodedPairs, pad_id: int) -> Callable[[list[int]], dict[str, torch.Tensor]]:
+    def collate(self, encoded: EncodedPairs) -> Callable[[list[int]], dict[str, torch.Tensor]]:
         def batch(rows: list[int]) -> dict[str, torch.Tensor]:
-            ids, mask = pad_batch([encoded.ids[r] for r in rows], pad_id)
+            ids, mask = pad_batch([encoded.ids[r] for r in rows], self.pad_id)
             target, _ = pad_batch([encoded.targets[r] for r in rows], IGNORE)
             return {"input": ids, "mask": mask, "target": target}
 
@@ -179,26 +177,25 @@ class TranslateTask:
     def size(self, encoded: EncodedPairs) -> int:
         return len(encoded.ids)
 
-    def features(self, model: nn.Module, encoded: EncodedPairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, model: nn.Module, encoded: EncodedPairs) -> tuple[torch.Tensor, torch.Tensor]:
         raise HeadstartError("task.kind=translate: a linear probe does not apply; use full fine-tuning")
 
-    def translate(self, model: Translator, prompts: list[np.ndarray], pad_id: int, beam: int) -> list[str]:
-        assert self.tokenizer is not None
+    def translate(self, model: Translator, prompts: list[np.ndarray], beam: int) -> list[str]:
         info = tokenizer_info(self.tokenizer)
         was_training = model.training
         model.eval()
         hypotheses: list[str] = [""] * len(prompts)
         for rows in length_batches([len(p) for p in prompts], batch_size=64 // beam or 1):
             max_new = self.config.max_len - int(max(len(prompts[r]) for r in rows))
-            decoded = decode(model, [prompts[r] for r in rows], max_new, info.eod_id, pad_id, beam)
+            decoded = decode(model, [prompts[r] for r in rows], max_new, info.eod_id, self.pad_id, beam)
             for row, tokens in zip(rows, decoded, strict=True):
                 hypotheses[row] = self.tokenizer.decode(tokens).strip()
         model.train(was_training)
         return hypotheses
 
-    def score(self, model: nn.Module, encoded: EncodedPairs, pad_id: int, final: bool = False) -> dict[str, float]:
+    def score(self, model: nn.Module, encoded: EncodedPairs, final: bool = False) -> dict[str, float]:
         count = len(encoded.prompts) if final else min(len(encoded.prompts), VAL_SENTENCES)
         beam = self.config.beam_size if final else 1
-        hypotheses = self.translate(model, encoded.prompts[:count], pad_id, beam)  # type: ignore[arg-type]
+        hypotheses = self.translate(model, encoded.prompts[:count], beam)  # type: ignore[arg-type]
         bleu = sacrebleu.corpus_bleu(hypotheses, [encoded.references[:count]])
         return {"bleu": float(bleu.score), "truncated_pairs": float(encoded.truncated)}

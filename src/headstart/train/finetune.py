@@ -15,18 +15,22 @@ import numpy as np
 import torch
 from rich.console import Console
 from tokenizers import Tokenizer
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import FinetuneConfig, PretrainConfig, TrainConfig, build, save_yaml, to_dict
 from headstart.data.labelled import stratified_budget
-from headstart.data.tokenizers import load_tokenizer, tokenizer_info
+from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError, Interrupted
 from headstart.models.transformer import Transformer
 from headstart.tasks import make_task
 from headstart.tasks.base import ExampleBatches
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import forward_flops_per_token
+from headstart.train.frozen_features import knn_votes
 from headstart.train.loop import train_loop
 from headstart.train.pretrain import backbone_of, build_model
+from headstart.train.pretrain_images import build_image_model
 from headstart.train.probe import fit_logistic
 
 
@@ -41,8 +45,9 @@ class FinetuneResult:
     run_dir: Path
 
 
-def load_backbone(config: FinetuneConfig) -> tuple[Transformer, Tokenizer]:
-    """The pretrained backbone, or the same architecture freshly initialised from the seed."""
+def load_backbone(config: FinetuneConfig) -> tuple[nn.Module, Tokenizer | None]:
+    """The pretrained backbone, or the same architecture freshly initialised from the seed; and
+    the checkpoint's tokenizer (None for an image checkpoint)."""
     source = config.architecture if config.init == "scratch" else config.init
     if not source:
         raise HeadstartError("architecture: init=scratch needs a checkpoint whose shape and tokenizer to copy")
@@ -51,10 +56,31 @@ def load_backbone(config: FinetuneConfig) -> tuple[Transformer, Tokenizer]:
     pretrained = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
     torch.manual_seed(config.train.seed)
     pretrained = replace(pretrained, model=replace(pretrained.model, dropout=0.0))
+    if pretrained.data.images:
+        trained = build_image_model(pretrained)
+        if config.init != "scratch":
+            ckpt.load_weights(folder, trained)
+        return trained.backbone, None
     trained = build_model(pretrained)
     if config.init != "scratch":
         ckpt.load_weights(folder, trained)
     return backbone_of(trained), load_tokenizer(folder / "tokenizer.json")
+
+
+def forward_flops_per_unit(backbone: nn.Module, max_len: int, example: torch.Tensor) -> float:
+    """Forward FLOPs per token of a text backbone at ``max_len`` (analytic), or per image of an
+    image backbone (counted by torch's flop counter on ``example``, a float batch of images)."""
+    if isinstance(backbone, Transformer):
+        if max_len > backbone.config.context:
+            context = backbone.config.context
+            raise HeadstartError(f"task.max_len={max_len}: longer than the model's context of {context}")
+        return forward_flops_per_token(backbone.config, max_len, head_fraction=0.0)
+    was_training = backbone.training
+    backbone.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        backbone(example.to(next(backbone.parameters()).device))
+    backbone.train(was_training)
+    return counter.get_total_flops() / len(example)
 
 
 def steps_for_epochs(train: TrainConfig, min_epochs: float, examples: int) -> TrainConfig:
@@ -85,20 +111,17 @@ def layer_scale(depth: int, decay: float):
 
 def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool = False) -> FinetuneResult:
     console = console or Console(stderr=True)
-    if not config.task.train or not config.task.eval:
-        raise HeadstartError("task.train and task.eval: expected JSONL files of labelled records")
-    task = make_task(config.task)
+    if not config.task.train or not (config.task.eval or config.task.kind == "image"):
+        raise HeadstartError("task.train and task.eval: expected labelled data (JSONL records, or images)")
+    if config.freeze_backbone and config.readout == "knn" and config.task.kind not in ("classify", "image"):
+        raise HeadstartError(f"readout=knn: reads classification tasks, not task.kind={config.task.kind}")
     backbone, tokenizer = load_backbone(config)
-    if config.task.max_len > backbone.config.context:
-        raise HeadstartError(
-            f"task.max_len={config.task.max_len}: longer than the model's context of {backbone.config.context}"
-        )
+    task = make_task(config.task, tokenizer)
     task.read()
     chosen = stratified_budget(task.strata, config.budget, config.train.seed)
     fit, held = split_validation(task.strata, chosen, config.val_fraction, config.train.seed, config.val_max)
-    pad_id = tokenizer_info(tokenizer).pad_id
-    fit_set, held_set = task.encode(tokenizer, "train", fit), task.encode(tokenizer, "train", held)
-    eval_set = task.encode(tokenizer, "eval")
+    fit_set, held_set = task.encode("train", fit), task.encode("train", held)
+    eval_set = task.encode("eval")
     config = replace(config, train=steps_for_epochs(config.train, config.min_epochs, task.size(fit_set)))
 
     model = task.build_model(backbone, config.pooling)
@@ -107,16 +130,24 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fine-tune is short: rerun, not resumed
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, run_dir / "config.yaml")
-    forward_flops = forward_flops_per_token(backbone.config, config.task.max_len, head_fraction=0.0)
-    probe_flops = forward_flops * sum(len(x) for x in (*fit_set.ids, *held_set.ids))
+    example = task.objective.make_batch(task.collate(fit_set)([0]), torch.Generator().manual_seed(0))["input"]
+    forward_flops = forward_flops_per_unit(backbone, config.task.max_len, example)
+    probe_flops = forward_flops * (task.units(fit_set) + task.units(held_set))
 
+    if config.freeze_backbone and config.readout == "knn":  # no head: the budget's features vote
+        (x, y), n_classes = task.features(model, fit_set), model.head.out_features
+        (vx, vy), (ex, ey) = task.features(model, held_set), task.features(model, eval_set)
+        best_val = float((knn_votes(x, y, vx, n_classes).argmax(1) == vy).float().mean())
+        metrics = task.metrics(knn_votes(torch.cat([x, vx]), torch.cat([y, vy]), ex, n_classes), ey.numpy())
+        flops = probe_flops + forward_flops * task.units(eval_set)
+        return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, flops)
     if config.freeze_backbone or config.head_init == "probe":
-        (x, y), (vx, vy) = task.features(model, fit_set, pad_id), task.features(model, held_set, pad_id)
+        (x, y), (vx, vy) = task.features(model, fit_set), task.features(model, held_set)
         probe = fit_logistic(x, y, vx, vy, model.head.out_features)
         model.head = probe.as_linear().to(next(backbone.parameters()).device)
     if config.freeze_backbone:  # the linear probe: the backbone never changes, the head is the convex fit
-        best_val = task.score(model, held_set, pad_id)[task.metric]
-        metrics = task.score(model, eval_set, pad_id, final=True)
+        best_val = task.score(model, held_set)[task.metric]
+        metrics = task.score(model, eval_set, final=True)
         ckpt.write_checkpoint(run_dir / "checkpoints", 0, model, {"step": 0, "l2": probe.l2}, to_dict(config))
         return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, probe_flops)
 
@@ -126,17 +157,17 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         step = next(step_of_eval, steps)
-        scores = task.score(model, held_set, pad_id)
+        scores = task.score(model, held_set)
         if scores[task.metric] > float(best["score"]):  # the first best: the earliest step that reached it
             best.update(score=scores[task.metric], state=copy.deepcopy(model.state_dict()), step=step)
         # The reported set's score along the way, for curves only; the choice above never sees it.
-        reported = task.score(model, eval_set, pad_id) if task.track_eval else {}
+        reported = task.score(model, eval_set) if task.track_eval else {}
         return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
     result = train_loop(
         model,
         task.objective,
-        ExampleBatches(task.size(fit_set), task.collate(fit_set, pad_id), config.train.seed),
+        ExampleBatches(task.size(fit_set), task.collate(fit_set), config.train.seed),
         config.train,
         config.optim,
         config.schedule,
@@ -144,14 +175,14 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         to_dict(config),
         3 * forward_flops,
         evaluate=evaluate,
-        lr_scale=layer_scale(backbone.config.n_layer, config.layer_decay) if config.layer_decay != 1.0 else None,
+        lr_scale=layer_scale(len(backbone.blocks), config.layer_decay) if config.layer_decay != 1.0 else None,
         console=console,
         quiet=quiet,
     )
     if result.interrupted:  # a fine-tune is short: nothing half-trained is reported, a rerun starts over
         raise Interrupted(f"fine-tune {run_dir} interrupted at step {result.step}; rerun it to start over")
     model.load_state_dict(best["state"])  # type: ignore[arg-type]
-    metrics = task.score(model, eval_set, pad_id, final=True)
+    metrics = task.score(model, eval_set, final=True)
     flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
     return _finish(
         config, task.metric, run_dir, len(chosen), metrics, int(best["step"]), float(best["score"]), result.step, flops

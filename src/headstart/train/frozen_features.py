@@ -1,8 +1,8 @@
 """How good a backbone's frozen features are, without training it: weighted kNN (Wu et al.
 2018) and a logistic-regression probe, both on features of labelled images.
 
-The backbone runs in eval mode under no_grad, so batch-norm statistics and dropout are frozen:
-measuring must never change the model being pretrained. Its previous mode is restored.
+The backbone runs in eval mode under no_grad (``image_features``), so batch-norm statistics and
+dropout are frozen: measuring must never change the model being pretrained.
 """
 
 from __future__ import annotations
@@ -12,41 +12,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headstart.data.augment import to_float
+from headstart.tasks.image import image_features
 from headstart.train.probe import fit_logistic
 
 
-@torch.no_grad()
-def image_features(backbone: nn.Module, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """Pooled features (N, D), float32 on the CPU, of uint8 (N, H, W, C) images."""
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    try:
-        chunks = [
-            backbone(to_float(images[i : i + batch_size], device)).float().cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    finally:
-        backbone.train(was_training)
-    return torch.cat(chunks)
+def knn_votes(
+    fit: torch.Tensor, fit_labels: torch.Tensor, query: torch.Tensor, n_classes: int, k: int = 20,
+    temperature: float = 0.07,
+) -> torch.Tensor:  # fmt: skip
+    """(N, n_classes) votes: each query feature's k most cosine-similar fit features vote for
+    their labels, weighted by exp(similarity / temperature); rows sum to 1."""
+    fit, query = F.normalize(fit.float(), dim=1), F.normalize(query.float(), dim=1)
+    votes = torch.zeros(len(query), n_classes)
+    for first in range(0, len(query), 1024):
+        similarity = query[first : first + 1024] @ fit.T
+        top, index = similarity.topk(min(k, len(fit)), dim=1)
+        weights = ((top - top[:, :1]) / temperature).exp()  # shifted by the row's best: no overflow
+        votes[first : first + 1024].scatter_add_(1, fit_labels[index], weights)
+    return votes / votes.sum(1, keepdim=True)
 
 
 def knn_accuracy(
     fit: torch.Tensor, fit_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor, k: int = 20,
     temperature: float = 0.07,
 ) -> float:  # fmt: skip
-    """Each test feature votes among its k most cosine-similar fit features, weighted by
-    exp(similarity / temperature)."""
+    """Weighted kNN (Wu et al. 2018) test accuracy."""
     n_classes = int(max(fit_labels.max(), test_labels.max())) + 1
-    fit, test = F.normalize(fit, dim=1), F.normalize(test, dim=1)
-    correct = 0
-    for first in range(0, len(test), 1024):
-        similarity = test[first : first + 1024] @ fit.T
-        top, index = similarity.topk(min(k, len(fit)), dim=1)
-        votes = torch.zeros(len(top), n_classes).scatter_add_(1, fit_labels[index], (top / temperature).exp())
-        correct += int((votes.argmax(1) == test_labels[first : first + 1024]).sum())
-    return correct / len(test)
+    votes = knn_votes(fit, fit_labels, test, n_classes, k, temperature)
+    return float((votes.argmax(1) == test_labels).float().mean())
 
 
 def frozen_scores(

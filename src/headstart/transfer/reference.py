@@ -1,5 +1,5 @@
-"""Classical reference points every text study reports beside its inits, each read out by the
-same logistic-regression probe:
+"""Classical reference points a study reports beside its inits, each read out by the same
+logistic-regression probe. For text classification:
 
 - **bag of n-grams**: unigram and bigram indicators learned from the labelled budget alone —
   the floor a pretrained model must clear to be worth anything;
@@ -90,3 +90,11 @@ def train_word_vectors(
     frequency = np.array([counts[w] for w in vocab_words], dtype=np.int64)
     trained = train_skipgram(encoded, frequency, dim=dim, epochs=epochs, seed=seed)
     return WordVectors(vocabulary, trained.vectors, trained.seconds, trained.pairs)
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def pixel_features(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) images → (N, H·W·C) floats in [0, 1]."""
+    return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)

@@ -210,7 +210,7 @@ def compute_section(
         if source == "skipgram":
             vectors: WordVectors = references.vectors()
             wall = f"{vectors.seconds:.0f} s ({vectors.pairs:,} word pairs)"
-        elif source not in ("scratch", "ngrams"):
+        elif source not in ("scratch", *REFERENCES):
             compute_file = ckpt.resolve_checkpoint(source) / "compute.json"
             if compute_file.is_file():
                 compute = json.loads(compute_file.read_text(encoding="utf-8"))

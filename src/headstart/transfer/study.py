@@ -18,17 +18,20 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from headstart.config import FinetuneConfig, StudyConfig, load_config, save_yaml
+from headstart.config import FinetuneConfig, StudyConfig, TaskConfig, load_config, save_yaml
+from headstart.data.images import read_images
 from headstart.data.labelled import LabelledText, iter_task_records, read_labelled_jsonl, stratified_budget
 from headstart.data.sources import ReadOptions, SkipLog, read_documents
 from headstart.errors import HeadstartError, Interrupted
 from headstart.objectives.classify import accuracy_and_macro_f1
+from headstart.tasks.image import ImageClassifyTask
 from headstart.train import checkpoint as ckpt
 from headstart.train.finetune import finetune, split_validation
 from headstart.train.probe import fit_logistic
-from headstart.transfer.reference import WordVectors, ngram_features, train_word_vectors
+from headstart.transfer.reference import WordVectors, ngram_features, pixel_features, train_word_vectors
 
-REFERENCES = ("skipgram", "ngrams")
+# Reference inits read out by logistic regression, and the task kind each reads.
+REFERENCES = {"skipgram": "classify", "ngrams": "classify", "pixels": "image"}
 # What must not change between a study and its resumption (budgets and seeds may grow).
 FIXED = ("finetune", "settings", "architecture", "sweep", "reference_text")
 
@@ -52,6 +55,9 @@ def check_inits(config: StudyConfig) -> str:
                 )
     if "skipgram" in config.inits.values() and not config.reference_text:
         raise HeadstartError("reference_text: the skipgram init needs unlabelled text files to train word vectors on")
+    for name in config.init_settings:
+        if name not in config.inits or config.inits[name] in REFERENCES:
+            raise HeadstartError(f"init_settings.{name}: expected the name of a fine-tuned init among the inits")
     if not config.sweep:
         raise HeadstartError("sweep: expected at least one fine-tuning candidate")
     if config.seeds < 1:
@@ -61,13 +67,17 @@ def check_inits(config: StudyConfig) -> str:
 
 def differs_from(path: str, architecture: str) -> str:
     """What makes the checkpoint at ``path`` a different model from ``architecture``: its
-    tokenizer, its model settings, or nothing (empty)."""
+    tokenizer, its model (or vision backbone) settings, or nothing (empty)."""
     folders = [ckpt.resolve_checkpoint(p) for p in (path, architecture)]
-    tokenizers = [(f / "tokenizer.json").read_bytes() for f in folders]
+    tokenizers = [(f / "tokenizer.json").read_bytes() if (f / "tokenizer.json").is_file() else b"" for f in folders]
     if tokenizers[0] != tokenizers[1]:
         return "tokenizer"
-    models = [ckpt.read_config(f).get("model") for f in folders]
-    return "model settings" if models[0] != models[1] else ""
+    configs = [ckpt.read_config(f) for f in folders]
+    images = [bool(c.get("data", {}).get("images")) for c in configs]
+    section = "vision" if images[0] else "model"
+    if images[0] != images[1] or configs[0].get(section) != configs[1].get(section):
+        return f"{section} settings"
+    return ""
 
 
 def check_resumable(run_dir: Path, config: StudyConfig) -> None:
@@ -82,10 +92,13 @@ def check_resumable(run_dir: Path, config: StudyConfig) -> None:
                 "finished cells would not be comparable (set run.name for a new study)"
             )
     for name, source in saved.inits.items():  # new inits may join; a finished one keeps its source
-        if config.inits.get(name, source) != source:
+        settings = saved.init_settings.get(name, [])
+        changed = name in config.inits and (config.inits[name], init_settings(config, name)) != (source, settings)
+        if changed:
             raise HeadstartError(
-                f"study {run_dir}: init {name!r} was {source!r}, now {config.inits[name]!r}; its finished "
-                "cells would not be comparable (give the new source another init name, or set run.name)"
+                f"study {run_dir}: init {name!r} was {source!r} {settings}, now {config.inits[name]!r} "
+                f"{init_settings(config, name)}; its finished cells would not be comparable (give the new "
+                "one another init name, or set run.name)"
             )
 
 
@@ -107,6 +120,10 @@ def read_results(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def init_settings(config: StudyConfig, init: str) -> list[str]:
+    return config.init_settings.get(init, [])
 
 
 class References:
@@ -144,19 +161,33 @@ class References:
         task = self.task
         return read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
 
+    @cached_property
+    def images(self) -> ImageClassifyTask:
+        task = ImageClassifyTask(self.task)
+        task.read()
+        return task
+
     def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
-        data = self.train
-        chosen = stratified_budget(data.labels, budget, seed)
-        fit, held = split_validation(data.labels, chosen, self.val_fraction, seed, self.val_max)
-        fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
-        if kind == "skipgram":
-            vectors = self.vectors()
-            x, v, e = (vectors.sentence_features(t) for t in (fit_texts, held_texts, self.eval.texts))
+        strata = self.images.strata if kind == "pixels" else self.train.labels
+        chosen = stratified_budget(strata, budget, seed)
+        fit, held = split_validation(strata, chosen, self.val_fraction, seed, self.val_max)
+        labels = torch.from_numpy(strata)
+        if kind == "pixels":
+            task = self.images
+            splits = (task.encode("train", fit), task.encode("train", held), task.encode("eval"))
+            x, v, e = (pixel_features(split.images) for split in splits)
+            probe = fit_logistic(x, labels[fit], v, labels[held], task.n_classes)
+            metrics = task.metrics(e @ probe.weight.T + probe.bias, splits[2].labels)
         else:
-            x, v, e = ngram_features(fit_texts, [fit_texts, held_texts, self.eval.texts])
-        labels = torch.from_numpy(data.labels)
-        probe = fit_logistic(x, labels[fit], v, labels[held], len(data.classes))
-        metrics = accuracy_and_macro_f1(probe.predict(e).numpy(), self.eval.labels, len(data.classes))
+            data = self.train
+            fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
+            if kind == "skipgram":
+                vectors = self.vectors()
+                x, v, e = (vectors.sentence_features(t) for t in (fit_texts, held_texts, self.eval.texts))
+            else:
+                x, v, e = ngram_features(fit_texts, [fit_texts, held_texts, self.eval.texts])
+            probe = fit_logistic(x, labels[fit], v, labels[held], len(data.classes))
+            metrics = accuracy_and_macro_f1(probe.predict(e).numpy(), self.eval.labels, len(data.classes))
         return {"metric": "accuracy", "budget": len(chosen), "best_val": probe.val_accuracy,
                 "chosen": f"logistic l2={probe.l2:g}",
                 "steps": 0, "best_step": 0, "flops": 0.0, "sweep_flops": 0.0, **metrics}  # fmt: skip
@@ -170,11 +201,14 @@ def finetune_cell(
     candidates = {}
     for name, overrides in config.sweep.items():
         run_name = f"{init}-{budget}-{seed}-{name}"
-        settings = [*config.settings, *origin, *overrides, f"budget={budget}", f"train.seed={seed}",
-                    f"run.out_dir={runs}", f"run.name={run_name}"]  # fmt: skip
-        result = finetune(load_config(FinetuneConfig, config.finetune, settings), quiet=True)
+        settings = [*config.settings, *origin, *overrides, *init_settings(config, init), f"budget={budget}",
+                    f"train.seed={seed}", f"run.out_dir={runs}", f"run.name={run_name}"]  # fmt: skip
+        run_config = load_config(FinetuneConfig, config.finetune, settings)
+        result = finetune(run_config, quiet=True)
         shutil.rmtree(result.run_dir / "checkpoints", ignore_errors=True)  # the study keeps metrics, not weights
         candidates[name] = (result, run_name)
+        if run_config.freeze_backbone and init_settings(config, init):
+            break  # a frozen init: the readout chooses its own L2, fine-tuning candidates would repeat it
     best_name = max(candidates, key=lambda n: candidates[n][0].best_val)  # ties: the first in sweep order
     best, run_name = candidates[best_name]
     summary = json.loads((best.run_dir / "result.json").read_text(encoding="utf-8"))
@@ -193,18 +227,25 @@ def finetune_cell(
     }
 
 
+def count_train(task: TaskConfig) -> int:
+    """Labelled training examples the budgets draw from."""
+    if task.kind == "image":
+        return len(read_images(task.train, task.train_split))
+    return sum(1 for _ in iter_task_records(task.train))
+
+
 def run_study(config: StudyConfig, console: Console | None = None) -> Path:
     """Run every missing cell, then write the report; returns the study directory."""
     console = console or Console(stderr=True)
     architecture = check_inits(config)
     base = load_config(FinetuneConfig, config.finetune, config.settings)
     for name, source in config.inits.items():
-        if source in REFERENCES and base.task.kind != "classify":
+        if source in REFERENCES and base.task.kind != REFERENCES[source]:
             raise HeadstartError(
-                f"inits.{name}={source}: the classical references read text classification tasks, "
+                f"inits.{name}={source}: this reference reads task.kind={REFERENCES[source]}, "
                 f"not task.kind={base.task.kind}"
             )
-    train_size = sum(1 for _ in iter_task_records(base.task.train))
+    train_size = count_train(base.task)
     for budget in config.budgets:
         if budget > train_size:
             raise HeadstartError(f"budgets: {budget} labels asked, but {base.task.train} has {train_size} records")

@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from headstart import api
+from headstart.config import TaskConfig
+from headstart.errors import HeadstartError
+from headstart.objectives.classify import ImageClassify
+from headstart.tasks.image import ImageClassifyTask, roc_auc
+from headstart.transfer.reference import pixel_features
+
+TINY = ["train.steps=30", "train.eval_every=10", "train.batch_size=16", "train.precision=fp32", "optim.lr=3e-3"]
+
+
+def finetune(tmp_path, images, init, *extra):
+    origin = [f"init={init}"] if init != "scratch" else ["init=scratch", f"architecture={extra[0]}"]
+    settings = [*TINY, f"task.train={images}", "budget=40", f"run.out_dir={tmp_path}", *origin,
+                *(e for e in extra if "=" in e)]  # fmt: skip
+    return api.finetune("fmnist", settings, quiet=True)
+
+
+def test_image_fine_tune_from_a_checkpoint_and_from_scratch(tmp_path, tiny_images, tiny_simclr):
+    pretrained = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=pre")
+    scratch = finetune(tmp_path, tiny_images, "scratch", str(tiny_simclr), "run.name=scratch")
+    for result in (pretrained, scratch):
+        assert (
+            result.metric == "accuracy" and result.metrics["accuracy"] >= 0.8
+        )  # an easy two-class task; chance is 0.5
+        assert {"macro_f1", "auc"} <= result.metrics.keys() and 0.8 <= result.metrics["auc"] <= 1.0
+        assert result.steps == 30 and result.flops > 0
+    summary = json.loads((pretrained.run_dir / "result.json").read_text())
+    assert summary["budget"] == 40 and summary["init"] == str(tiny_simclr)
+
+
+@pytest.mark.parametrize("readout", ["logistic", "knn"])
+def test_frozen_image_backbone_readouts(tmp_path, tiny_images, tiny_simclr, readout):
+    result = finetune(tmp_path, tiny_images, str(tiny_simclr), "freeze_backbone=true", f"readout={readout}",
+                      f"run.name={readout}")  # fmt: skip
+    assert result.steps == 0 and result.metrics["accuracy"] >= 0.8 and result.flops > 0
+
+
+def test_text_task_needs_a_text_checkpoint_and_knn_a_classification_task(tmp_path, tiny_simclr, tiny_decoder):
+    with pytest.raises(HeadstartError, match=r"task\.kind=classify: expected a text checkpoint"):
+        api.finetune("sst2", [f"init={tiny_simclr}", "task.train=x", "task.eval=y"], quiet=True)
+    with pytest.raises(HeadstartError, match=r"readout=knn: reads classification tasks"):
+        api.finetune(
+            "multi30k",
+            [f"init={tiny_decoder}", "freeze_backbone=true", "readout=knn", f"run.out_dir={tmp_path}"],
+            quiet=True,
+        )
+
+
+def test_fine_tuning_augmentation_is_seeded_and_keeps_shapes(tiny_images):
+    task = ImageClassifyTask(TaskConfig(kind="image", train=str(tiny_images), crop_min=0.5, flip=True))
+    task.read()
+    raw = task.collate(task.encode("train"))(list(range(6)))
+
+    def batch(seed):
+        return task.objective.make_batch(raw, torch.Generator().manual_seed(seed))["input"]
+
+    assert batch(1).shape == (6, 1, 8, 8) and batch(1).dtype == torch.float32
+    assert torch.equal(batch(1), batch(1)) and not torch.equal(batch(1), batch(2))
+    plain = ImageClassify().make_batch(raw, torch.Generator())["input"]
+    assert torch.equal(plain, raw["input"].permute(0, 3, 1, 2).float() / 255)
+
+
+def test_roc_auc_matches_a_hand_computed_case():
+    # positives score 0.9, 0.4; negatives 0.5, 0.1: three of four (positive, negative) pairs ranked right
+    p = torch.tensor([0.9, 0.4, 0.5, 0.1])
+    logits = torch.stack([torch.zeros(4), torch.log(p / (1 - p))], 1)
+    assert roc_auc(logits, np.array([1, 1, 0, 0])) == pytest.approx(0.75)
+    assert np.isnan(roc_auc(logits, np.array([1, 1, 1, 1])))
+
+
+def test_pixel_features_are_flat_and_scaled():
+    images = np.full((2, 3, 3, 1), 255, dtype=np.uint8)
+    features = pixel_features(images)
+    assert features.shape == (2, 9) and torch.all(features == 1.0)
+
+
+def image_study(tmp_path, images, checkpoint, inits):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        f"""
+finetune: fmnist
+settings: [task.train={images}, {", ".join(TINY)}]
+inits: {inits}
+init_settings: {{simclr-knn: [freeze_backbone=true, readout=knn]}}
+architecture: {checkpoint}
+budgets: [20, 0]
+seeds: 1
+sweep: {{lr: [optim.lr=3e-3], crop: [task.crop_min=0.6]}}
+run: {{out_dir: {tmp_path / "runs"}, name: s}}
+"""
+    )
+    return path
+
+
+def test_image_study_with_frozen_readouts_and_the_pixel_floor(tmp_path, tiny_images, tiny_simclr):
+    inits = f"{{simclr: {tiny_simclr}, simclr-knn: {tiny_simclr}, scratch: scratch, pixels: pixels}}"
+    report = api.transfer(str(image_study(tmp_path, tiny_images, tiny_simclr, inits)))
+    records = [json.loads(x) for x in (report.parent / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 * 2 and {r["budget"] for r in records} == {20, 96}
+    by_init = {(r["init"], r["budget"]): r for r in records}
+    assert set(by_init["simclr", 20]["sweep_val"]) == {"lr", "crop"}
+    assert list(by_init["simclr-knn", 20]["sweep_val"]) == ["lr"]  # frozen: one readout, no sweep
+    assert by_init["simclr-knn", 96]["steps"] == 0
+    assert by_init["pixels", 96]["chosen"].startswith("logistic") and by_init["pixels", 96]["accuracy"] >= 0.9
+    assert all("auc" in r for r in records)
+    assert "pixels" in report.read_text()
+
+
+def test_image_study_input_errors(tmp_path, tiny_images, tiny_simclr):
+    bad_reference = f"{{simclr-knn: {tiny_simclr}, words: ngrams}}"
+    with pytest.raises(HeadstartError, match=r"inits\.words=ngrams: this reference reads task\.kind=classify"):
+        api.transfer(str(image_study(tmp_path, tiny_images, tiny_simclr, bad_reference)))
+    no_such_init = f"{{simclr: {tiny_simclr}}}"
+    with pytest.raises(HeadstartError, match=r"init_settings\.simclr-knn: expected the name of a fine-tuned init"):
+        api.transfer(str(image_study(tmp_path, tiny_images, tiny_simclr, no_such_init)))

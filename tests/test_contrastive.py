@@ -36,3 +36,24 @@ def test_simclr_batch_views_differ_and_loss_trains():
     assert torch.equal(batch["first"], again["first"])  # the step's generator decides the views
     losses, metrics = fit_one_batch(objective, model, batch, steps=15)
     assert losses[-1] < losses[0] - 0.5 and 0.0 <= metrics["pair_accuracy"].item() <= 1.0
+
+
+def test_gradcache_gives_the_whole_batch_gradient_with_the_same_dropout_masks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 4))
+    batch = {"first": torch.randn(8, 6), "second": torch.randn(8, 6)}
+    objective = SimCLR(torch.nn.Identity(), temperature=0.5, chunk=3)
+
+    torch.manual_seed(1)  # the reference: the same chunked forwards (same masks), one graph, one backward
+    chunks = [torch.cat([model(piece) for piece in view.split(3)]) for view in (batch["first"], batch["second"])]
+    reference_loss, _ = nt_xent(*chunks, temperature=0.5)
+    (0.5 * reference_loss).backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    torch.manual_seed(1)
+    loss, metrics = objective.backward_loss(model, batch, scale=0.5)
+    assert not loss.requires_grad and math.isclose(loss.item(), reference_loss.item(), rel_tol=1e-6)
+    assert "pair_accuracy" in metrics
+    for got, want in zip((p.grad for p in model.parameters()), reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -85,3 +86,13 @@ def test_knn_votes_by_similarity():
     test = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
     assert knn_accuracy(fit, labels, test, torch.tensor([0, 1]), k=1) == 1.0
     assert knn_accuracy(fit, labels, test, torch.tensor([1, 0]), k=1) == 0.0
+
+
+def test_simclr_with_gradcache_trains_through_the_loop_and_counts_the_extra_forward(tmp_path):
+    plain = run(tmp_path, "plain", ["train.steps=4", "train.eval_every=0"])
+    cached = run(tmp_path, "cached", ["train.steps=4", "train.eval_every=0", "objective.chunk=8"])
+    per_image = [json.loads((r.checkpoint / "compute.json").read_text())["flops_per_token"] for r in (plain, cached)]
+    assert math.isclose(per_image[1], per_image[0] * 4 / 3, rel_tol=1e-6)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in x]  # fmt: skip
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

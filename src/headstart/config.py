@@ -57,6 +57,7 @@ class ObjectiveConfig:
     temperature: float = 0.2  # simclr: NT-Xent temperature
     projection_hidden: int = 512  # simclr: the projection head's hidden and output widths
     projection_dim: int = 128
+    chunk: int = 0  # simclr: > 0 computes the loss GradCache-style, this many images per forward (memory)
     mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder
     decoder_width: int = 64  # mae: the pixel decoder's width and depth
     decoder_depth: int = 2

@@ -13,6 +13,9 @@ class Objective(Protocol):
 
     ``make_batch`` receives a generator seeded from the step, so any randomness (masking)
     is a pure function of the step: resume needs no replay.
+
+    An objective with ``chunk`` > 0 back-propagates itself (GradCache, for large contrastive
+    batches): the loop calls ``backward_loss(model, batch, scale)`` instead of ``loss``.
     """
 
     name: str

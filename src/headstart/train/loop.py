@@ -218,9 +218,13 @@ def train_loop(
                 for micro in range(train.grad_accum):
                     raw = source.batch(samples_seen + micro * train.batch_size, train.batch_size)
                     batch = to_device(objective.make_batch(raw, step_generator(train.seed, step, micro)), device)
-                    with autocast:
-                        loss, extra = objective.loss(forward, batch)
-                    (loss / train.grad_accum).backward()
+                    if getattr(objective, "chunk", 0) > 0:  # GradCache: the objective back-propagates itself
+                        with autocast:
+                            loss, extra = objective.backward_loss(forward, batch, 1.0 / train.grad_accum)
+                    else:
+                        with autocast:
+                            loss, extra = objective.loss(forward, batch)
+                        (loss / train.grad_accum).backward()
                     window_losses.append(loss.detach())
                     for key, value in extra.items():
                         window_extra.setdefault(key, []).append(value)

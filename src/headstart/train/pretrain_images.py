@@ -65,18 +65,20 @@ def build_image_objective(config: PretrainConfig) -> Objective:
     if objective.name == "mae":
         return MAE((vision.image_size // vision.patch) ** 2, objective.mask_ratio)
     views = build_views((vision.image_size, vision.image_size), vision.channels, config.augment)
-    return SimCLR(views, objective.temperature)
+    return SimCLR(views, objective.temperature, objective.chunk)
 
 
 def flops_per_image(model: nn.Module, objective: Objective, sample: torch.Tensor) -> float:
     """Training FLOPs per image: the objective's forward on a small batch, counted by torch's
-    flop counter, times three (backward costs about twice the forward)."""
+    flop counter, times three (backward costs about twice the forward), or four with GradCache
+    (which runs the forward twice)."""
     batch = objective.make_batch(sample, torch.Generator().manual_seed(0))
     model.eval()  # counting must not move batch-norm statistics
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         objective.loss(model, batch)
     model.train()
-    return 3.0 * counter.get_total_flops() / len(sample)
+    passes = 4.0 if getattr(objective, "chunk", 0) > 0 else 3.0
+    return passes * counter.get_total_flops() / len(sample)
 
 
 def eval_subset(images: ImageSet, count: int) -> tuple[np.ndarray, np.ndarray]:

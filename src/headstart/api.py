@@ -10,7 +10,9 @@ from rich.console import Console
 from headstart.config import FinetuneConfig, PrepareConfig, PretrainConfig, StudyConfig, load_config
 from headstart.data.prepare import PrepareReport
 from headstart.data.prepare import prepare as _prepare
+from headstart.data.sources import ReadOptions, SkipLog, read_documents
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
+from headstart.embed import embed_texts, save_array
 from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate_checkpoint
 from headstart.generate import fill_mask as _fill_mask
@@ -19,7 +21,7 @@ from headstart.objectives.rtd import ElectraPair
 from headstart.train.finetune import FinetuneResult
 from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
-from headstart.train.pretrain import load_pretrained, steps_for_minutes
+from headstart.train.pretrain import backbone_of, load_pretrained, steps_for_minutes
 from headstart.train.pretrain import pretrain as _pretrain
 
 Overrides = list[str] | dict[str, Any] | None
@@ -127,6 +129,34 @@ def fill_mask(checkpoint: str | Path, text: str, top_k: int = 5) -> list[list[tu
     return [[(tokenizer.decode([t]), p) for t, p in row] for row in predictions]
 
 
+def embed(
+    checkpoint: str | Path,
+    inputs: list[str],
+    out: str | Path,
+    field: str = "text",
+    pooling: str = "mean",
+    console: Console | None = None,
+) -> Path:
+    """Sentence embeddings of every line (text files) or ``field`` (JSONL) of ``inputs``, in
+    order, as an (N, n_embd) float32 .npy at ``out``; the backbone is the checkpoint's (SimCSE:
+    before its projection)."""
+    model, _, folder = load_pretrained(checkpoint)
+    if not (folder / "tokenizer.json").is_file():
+        raise HeadstartError(f"checkpoint {checkpoint}: an image checkpoint; embed reads text checkpoints")
+    skipped = SkipLog()
+    texts = list(read_documents(inputs, ReadOptions(text_mode="line", jsonl_field=field), skipped))
+    if not texts:
+        raise HeadstartError(f"inputs {' '.join(inputs)}: no text found (field {field!r} for JSONL)")
+    vectors = embed_texts(backbone_of(model), load_tokenizer(folder / "tokenizer.json"), texts, pooling)  # type: ignore[arg-type]
+    path = Path(out)
+    save_array(vectors, path)
+    if console is not None:
+        console.print(f"{len(texts):,} embeddings of width {vectors.shape[1]} → {path}", highlight=False)
+        for line in skipped.lines():
+            console.print(f"skipped {line}", highlight=False)
+    return path
+
+
 def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, console: Console | None = None) -> Path:
     """The whole path offline on the standard library; returns the report's path."""
     from headstart.quickstart import run_quickstart
@@ -134,4 +164,4 @@ def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, consol
     return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True))
 
 
-__all__ = ["evaluate", "fill_mask", "finetune", "generate", "prepare", "pretrain", "quickstart", "transfer"]
+__all__ = ["embed", "evaluate", "fill_mask", "finetune", "generate", "prepare", "pretrain", "quickstart", "transfer"]

@@ -22,6 +22,9 @@ examples:
   headstart evaluate runs/clm-corpus --data data/corpus
   headstart generate runs/clm-corpus --prompt "def main(" --max-new-tokens 80
   headstart fill-mask runs/mlm-corpus --text "the <mask> sat on the mat"
+  headstart pretrain bert-tiny objective.name=simcse init=runs/mlm-corpus data.shards=data/sentences
+  headstart embed runs/simcse-sentences sentences.txt --out embeddings.npy
+  headstart finetune fmnist init=runs/simclr-fashion_mnist budget=100
 """
 
 
@@ -131,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
 
     p = verbs.add_parser(
+        "embed",
+        help="sentence embeddings from a text checkpoint, as a .npy array",
+        description="One mean-pooled embedding per line of text files (or per record's --field of JSONL), in "
+        "order; empty lines are skipped and counted.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="text or JSONL files")
+    p.add_argument("--out", required=True, help="the .npy file to write")
+    p.add_argument("--field", default="text", help="JSONL field holding the text")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "max"])
+
+    p = verbs.add_parser(
         "quickstart",
         help="pretrain and evaluate on the Python standard library, offline, in a few minutes",
         description="No downloads: the corpus is this Python installation's own standard library.",
@@ -225,6 +240,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.verb == "fill-mask":
         for position, predictions in enumerate(api.fill_mask(args.checkpoint, args.text, top_k=args.top_k)):
             print(f"<mask> {position + 1}: " + "  ".join(f"{tok!r} {p:.3f}" for tok, p in predictions))
+    elif args.verb == "embed":
+        api.embed(args.checkpoint, args.inputs, args.out, field=args.field, pooling=args.pooling, console=console)
     elif args.verb == "quickstart":
         api.quickstart(args.out, minutes=args.minutes, console=console)
     return 0

@@ -46,18 +46,20 @@ class ModelConfig:
 @dataclass
 class ObjectiveConfig:
     """What the run optimises. Text: causal LM (``clm``), masked LM (``mlm``) or replaced-token
-    detection (``rtd``, ELECTRA: masked positions filled by a small generator). Images:
+    detection (``rtd``, ELECTRA: masked positions filled by a small generator), or contrastive
+    sentence embeddings (``simcse``: each sentence twice through the model, dropout as the
+    noise; continue a checkpoint with ``init``). Images:
     ``simclr`` (two augmented views, NT-Xent) or ``mae`` (masked patches, pixel decoder; ViT only)."""
 
-    name: Literal["clm", "mlm", "rtd", "simclr", "mae"] = "clm"
+    name: Literal["clm", "mlm", "rtd", "simcse", "simclr", "mae"] = "clm"
     mask_prob: float = 0.15
     whole_word: bool = False
     generator_layers: int = 0  # rtd: the generator's depth; 0: a third of model.n_layer
     detection_weight: float = 50.0  # rtd: weight of the detection loss against the generator's
-    temperature: float = 0.2  # simclr: NT-Xent temperature
+    temperature: float = 0.2  # simclr / simcse: NT-Xent temperature (SimCSE used 0.05)
     projection_hidden: int = 512  # simclr: the projection head's hidden and output widths
     projection_dim: int = 128
-    chunk: int = 0  # simclr: > 0 computes the loss GradCache-style, this many images per forward (memory)
+    chunk: int = 0  # simclr / simcse: > 0 computes the loss GradCache-style, this many examples per forward
     mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder
     decoder_width: int = 64  # mae: the pixel decoder's width and depth
     decoder_depth: int = 2
@@ -169,6 +171,7 @@ class RunConfig:
 class PretrainConfig:
     """Everything one pretraining run needs; saved resolved in every checkpoint."""
 
+    init: str = ""  # a checkpoint to continue from: its weights, model settings and tokenizer (dropout: this run's)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)

@@ -181,6 +181,13 @@ class TokenShards:
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER_FILE
 
+    def documents(self, name: str, min_tokens: int = 1) -> list[np.ndarray]:
+        """The split's documents (views, end-of-document tokens dropped) of at least ``min_tokens``."""
+        tokens = self.split(name)
+        ends = np.flatnonzero(tokens == self.eod_id)
+        pieces = np.split(tokens, ends + 1)
+        return [doc[:-1] if len(doc) and doc[-1] == self.eod_id else doc for doc in pieces if len(doc) > min_tokens]
+
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
             raise HeadstartError(f"shards {self.path}: no split {name!r}; expected one of {', '.join(SPLITS)}")

@@ -3,6 +3,8 @@ other example in the batch (InfoNCE / NT-Xent; Oord et al. 2018, Chen et al. 202
 
 - ``SimCLR``: two random augmentations of each image, through the backbone and a projection
   head.
+- ``SimCSE``: each sentence twice through a text backbone with dropout on; the two dropout
+  masks are the two views.
 
 A contrastive loss wants large batches (more negatives), and activation memory grows with the
 batch. With ``chunk`` set, the loss runs as GradCache (Gao et al. 2021): every embedding is
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.data.augment import augment, to_float
-from headstart.models.heads import ProjectionHead
+from headstart.models.heads import Pooling, ProjectionHead, pool
 
 
 def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,3 +131,55 @@ class SimCLR:
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["first"].size(0)
+
+
+class SentenceEncoder(nn.Module):
+    """A text backbone, pooled over real tokens, and SimCSE's MLP (dense + tanh) that only the
+    loss reads; ``backbone`` is what fine-tuning and ``embed`` use."""
+
+    def __init__(self, backbone: nn.Module, pooling: Pooling = "mean") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        width = backbone.config.n_embd
+        self.projection = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return pool(self.backbone(ids, padding_mask=mask), mask, self.pooling)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.embed(ids, mask))
+
+
+class SimCSE:
+    """Unsupervised SimCSE (Gao et al. 2021): each sentence goes through the model twice, and
+    the two dropout masks make the two views; the other sentences are the negatives."""
+
+    name = "simcse"
+    head_fraction = 0.0
+
+    def __init__(self, pad_id: int, temperature: float = 0.05, chunk: int = 0) -> None:
+        self.pad_id = pad_id
+        self.temperature = temperature
+        self.chunk = chunk  # > 0: GradCache with this many sentences per forward
+
+    def make_batch(self, ids: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"input": ids}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ids = batch["input"]
+        mask = ids != self.pad_id
+        return self._loss(model(ids, mask), model(ids, mask))
+
+    def backward_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], scale: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ids = batch["input"]
+        return cached_backward(lambda x: model(x, x != self.pad_id), [ids, ids], self.chunk, self._loss, scale)
+
+    def _loss(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, accuracy = nt_xent(first, second, self.temperature)
+        return loss, {"pair_accuracy": accuracy.detach()}
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["input"] != self.pad_id).sum())

@@ -21,6 +21,9 @@ from headstart.errors import HeadstartError
 from headstart.objectives.classify import ImageClassify, accuracy_and_macro_f1
 
 
+TRACKED_IMAGES = 2000  # scored at each evaluation while training; the final score uses every image
+
+
 @dataclass
 class EncodedImages:
     images: np.ndarray  # uint8 (N, H, W, C)
@@ -136,6 +139,9 @@ class ImageClassifyTask:
         return image_features(model.backbone, encoded.images), torch.from_numpy(encoded.labels)
 
     def score(self, model: nn.Module, encoded: EncodedImages, final: bool = False) -> dict[str, float]:
+        if not final and len(encoded.images) > TRACKED_IMAGES:  # curves while training: an even subset
+            rows = np.linspace(0, len(encoded.images) - 1, TRACKED_IMAGES).round().astype(np.int64)
+            encoded = EncodedImages(encoded.images[rows], encoded.labels[rows])
         features, _ = self.features(model, encoded)
         head = model.head
         with torch.no_grad():

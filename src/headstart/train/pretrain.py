@@ -21,10 +21,13 @@ from headstart.data.windows import WindowSampler, eval_windows
 from headstart.errors import HeadstartError
 from headstart.models.transformer import Transformer, resolve
 from headstart.objectives.base import Objective
+from headstart.objectives.classify import pad_batch
 from headstart.objectives.clm import CausalLM
+from headstart.objectives.contrastive import SentenceEncoder, SimCSE
 from headstart.objectives.mlm import MaskedLM
 from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
 from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
+from headstart.tasks.base import ExampleBatches
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
@@ -37,6 +40,8 @@ def build_objective(config: PretrainConfig, tokenizer: Tokenizer) -> Objective:
     if config.objective.name == "clm":
         return CausalLM()
     info = tokenizer_info(tokenizer)
+    if config.objective.name == "simcse":
+        return SimCSE(info.pad_id, config.objective.temperature, config.objective.chunk)
     masking = {
         "vocab_size": config.model.vocab_size,
         "mask_id": info.mask_id,
@@ -55,12 +60,16 @@ def build_model(config: PretrainConfig) -> nn.Module:
     backbone = Transformer(config.model)
     if config.objective.name == "rtd":
         return ElectraPair(backbone, config.objective.generator_layers)
+    if config.objective.name == "simcse":
+        return SentenceEncoder(backbone)
     return backbone
 
 
 def backbone_of(model: nn.Module) -> Transformer:
     """The transformer that fine-tuning starts from."""
-    return model.discriminator if isinstance(model, ElectraPair) else model  # type: ignore[return-value]
+    if isinstance(model, ElectraPair):
+        return model.discriminator
+    return model.backbone if isinstance(model, SentenceEncoder) else model  # type: ignore[return-value]
 
 
 def skipgram_embeddings(
@@ -97,6 +106,8 @@ def pretrain_flops_per_token(config: PretrainConfig) -> float:
     m, seq_len, objective = config.model, config.train.seq_len, config.objective
     if objective.name == "clm":
         return train_flops_per_token(m, seq_len, 1.0)
+    if objective.name == "simcse":  # two passes per sentence; GradCache adds a forward of each
+        return 2 * train_flops_per_token(m, seq_len, 0.0) * (4 / 3 if objective.chunk > 0 else 1.0)
     if objective.name == "mlm":
         return train_flops_per_token(m, seq_len, objective.mask_prob)
     generator = replace(m, n_layer=objective.generator_layers)
@@ -111,7 +122,8 @@ def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfi
             f"model.vocab_size={model.vocab_size}: the tokenizer of {config.data.shards} has "
             f"{info.vocab_size} tokens; they must match (leave vocab_size at 0 to take the tokenizer's)"
         )
-    model = resolve(replace(model, vocab_size=info.vocab_size, causal=config.objective.name == "clm"))
+    causal = model.causal if config.objective.name == "simcse" else config.objective.name == "clm"
+    model = resolve(replace(model, vocab_size=info.vocab_size, causal=causal))
     objective = config.objective
     if objective.name == "rtd" and not objective.generator_layers:
         objective = replace(objective, generator_layers=default_generator_layers(model.n_layer))
@@ -128,6 +140,41 @@ def split_bytes_per_token(meta: dict[str, Any], split: str) -> float | None:
     """UTF-8 bytes per token of a prepared split (for bits per byte)."""
     stats = meta["splits"][split]
     return stats["bytes"] / stats["tokens"] if stats.get("tokens") else None
+
+
+def continue_from(config: PretrainConfig, shards_tokenizer: Path) -> tuple[PretrainConfig, nn.Module]:
+    """``config`` with the model settings of the checkpoint it continues (dropout: its own), and
+    that checkpoint's trained backbone; the tokenizers must be the same."""
+    folder = ckpt.resolve_checkpoint(config.init)
+    ckpt.verify(folder)
+    source = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
+    if source.data.images or not (folder / "tokenizer.json").is_file():
+        raise HeadstartError(f"init={config.init}: an image checkpoint; continuing needs a text one")
+    if (folder / "tokenizer.json").read_bytes() != shards_tokenizer.read_bytes():
+        raise HeadstartError(
+            f"init={config.init}: its tokenizer differs from {config.data.shards}'s; prepare the data "
+            "with the checkpoint's tokenizer (tokenizer.path=CHECKPOINT/tokenizer.json)"
+        )
+    trained = build_model(source)
+    ckpt.load_weights(folder, trained)
+    return replace(config, model=replace(source.model, dropout=config.model.dropout)), backbone_of(trained)
+
+
+class TrainSentences:
+    """Whole documents (sentences, for a line-per-sentence corpus) of the train split, a start
+    token in front, cut to ``seq_len`` and right-padded per batch: what SimCSE compares."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, pad_id: int, seed: int) -> None:
+        self.documents = shards.documents("train")
+        self.start, self.seq_len, self.pad_id = shards.eod_id, seq_len, pad_id
+        self.examples = ExampleBatches(len(self.documents), self.collate, seed)
+
+    def collate(self, rows: list[int]) -> torch.Tensor:
+        return pad_batch([np.concatenate([[self.start], self.documents[r][: self.seq_len - 1]]) for r in rows],
+                         self.pad_id)[0]  # fmt: skip
+
+    def batch(self, first: int, count: int) -> torch.Tensor:
+        return self.examples.batch(first, count)
 
 
 class TrainWindows:
@@ -165,12 +212,18 @@ def pretrain(
     tokenizer_path = Path(config.data.shards) / "tokenizer.json"
     tokenizer = load_tokenizer(tokenizer_path)
     info = tokenizer_info(tokenizer)
+    continued = None
+    if config.init:
+        config, continued = continue_from(config, tokenizer_path)
     config = resolve_config(config, info)
     run_dir, resume_from = open_run(config, resume, console)
     model = build_model(config)
     describe(model, config, console)
     prior = (0.0, 0.0)
-    if config.embeddings.init == "skipgram" and resume_from is None:
+    if continued is not None:
+        backbone_of(model).load_state_dict(continued.state_dict())
+        console.print(f"continuing {config.init}", highlight=False)
+    elif config.embeddings.init == "skipgram" and resume_from is None:
         warm = skipgram_embeddings(backbone_of(model), shards, config.embeddings, config.train.seed)
         prior = (warm.flops, warm.seconds)
         console.print(
@@ -180,11 +233,15 @@ def pretrain(
     config_dict = to_dict(config)
     save_yaml(config, run_dir / "config.yaml")
     objective = build_objective(config, tokenizer)
-    val = eval_windows(shards.val, config.train.seq_len + 1, config.train.eval_batches * config.train.batch_size)
-    bytes_per_token = split_bytes_per_token(shards.meta, "val")
+    evaluate, source = None, TrainWindows(shards, config.train.seq_len, config.train.seed)
+    if config.objective.name == "simcse":  # its loss without dropout is trivial: probes measure it
+        source = TrainSentences(shards, config.train.seq_len, info.pad_id, config.train.seed)
+    else:
+        val = eval_windows(shards.val, config.train.seq_len + 1, config.train.eval_batches * config.train.batch_size)
+        bytes_per_token = split_bytes_per_token(shards.meta, "val")
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate_windows(model, objective, val, config.train.batch_size, bytes_per_token)
+        def evaluate(model: torch.nn.Module) -> dict[str, float]:
+            return evaluate_windows(model, objective, val, config.train.batch_size, bytes_per_token)
 
     def write_extras(folder: Path) -> None:
         shutil.copyfile(tokenizer_path, folder / "tokenizer.json")
@@ -192,7 +249,7 @@ def pretrain(
     return train_loop(
         model,
         objective,
-        TrainWindows(shards, config.train.seq_len, config.train.seed),
+        source,
         config.train,
         config.optim,
         config.schedule,

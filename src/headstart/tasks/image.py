@@ -20,7 +20,6 @@ from headstart.data.images import ImageSet, read_images
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import ImageClassify, accuracy_and_macro_f1
 
-
 TRACKED_IMAGES = 2000  # scored at each evaluation while training; the final score uses every image
 
 

@@ -31,6 +31,12 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: Pooling) -> torch.Tensor
     raise HeadstartError(f"pooling={how!r}: expected one of mean, cls, last, max")
 
 
+@torch.no_grad()
+def head_logits(head: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    """A linear head applied to float32 CPU features (scoring gathers features there first)."""
+    return features @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()
+
+
 class SequenceClassifier(nn.Module):
     """A backbone, a pooling and a linear classifier: the model a classification fine-tune trains."""
 

@@ -14,7 +14,7 @@ from torch import nn
 from headstart.config import TaskConfig
 from headstart.data.labelled import LabelledText, read_labelled_jsonl
 from headstart.data.tokenizers import tokenizer_info
-from headstart.models.heads import SequenceClassifier, pool
+from headstart.models.heads import SequenceClassifier, head_logits, pool
 from headstart.objectives.classify import Classify, accuracy_and_macro_f1, pad_batch
 from headstart.tasks.base import TextTask, length_batches
 
@@ -100,10 +100,7 @@ class ClassifyTask(TextTask):
 
     def score(self, model: nn.Module, encoded: EncodedTexts, final: bool = False) -> dict[str, float]:
         features, _ = self.features(model, encoded)
-        head = model.head
-        with torch.no_grad():
-            logits = features @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()
-        return self.metrics(logits, encoded.labels)
+        return self.metrics(head_logits(model.head, features), encoded.labels)
 
     def metrics(self, logits: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
         """Accuracy and macro-F1 of class scores (N, n_classes) against the labels."""

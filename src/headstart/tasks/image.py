@@ -18,6 +18,7 @@ from headstart.config import AugmentConfig, TaskConfig
 from headstart.data.augment import build_views, to_float
 from headstart.data.images import ImageSet, read_images
 from headstart.errors import HeadstartError
+from headstart.models.heads import head_logits
 from headstart.objectives.classify import ImageClassify, accuracy_and_macro_f1
 
 TRACKED_IMAGES = 2000  # scored at each evaluation while training; the final score uses every image
@@ -142,10 +143,7 @@ class ImageClassifyTask:
             rows = np.linspace(0, len(encoded.images) - 1, TRACKED_IMAGES).round().astype(np.int64)
             encoded = EncodedImages(encoded.images[rows], encoded.labels[rows])
         features, _ = self.features(model, encoded)
-        head = model.head
-        with torch.no_grad():
-            logits = features @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()
-        return self.metrics(logits, encoded.labels)
+        return self.metrics(head_logits(model.head, features), encoded.labels)
 
     def metrics(self, logits: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
         """Accuracy, macro-F1 and ROC AUC of class scores (N, n_classes) against the labels."""

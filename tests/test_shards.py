@@ -41,6 +41,8 @@ def test_written_shards_match_meta(tmp_path: Path) -> None:
     assert (shards.vocab_size, shards.eod_id, shards.tokenizer_hash) == (100, 0, "abc")
     assert shards.tokenizer_path.read_text(encoding="utf-8") == TOKENIZER_JSON
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+    assert [d.tolist() for d in shards.documents("train")] == [[5, 6], [7], [9, 9, 9]]
+    assert [d.tolist() for d in shards.documents("train", min_tokens=2)] == [[5, 6], [9, 9, 9]]
 
 
 def test_uint32_shards(tmp_path: Path) -> None:

@@ -185,8 +185,8 @@ class TokenShards:
         """The split's documents (views, end-of-document tokens dropped) of at least ``min_tokens``."""
         tokens = self.split(name)
         ends = np.flatnonzero(tokens == self.eod_id)
-        pieces = np.split(tokens, ends + 1)
-        return [doc[:-1] if len(doc) and doc[-1] == self.eod_id else doc for doc in pieces if len(doc) > min_tokens]
+        documents = (doc[:-1] if len(doc) and doc[-1] == self.eod_id else doc for doc in np.split(tokens, ends + 1))
+        return [doc for doc in documents if len(doc) >= min_tokens]
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:

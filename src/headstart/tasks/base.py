@@ -4,7 +4,7 @@ modality-agnostic (text tasks hold their tokenizer, image tasks need none)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,8 +15,6 @@ from headstart.config import TaskConfig
 from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
 from headstart.objectives.base import Objective
-
-Batch = TypeVar("Batch")
 
 
 class Task(Protocol):
@@ -74,26 +72,6 @@ class TextTask:
 
     def units(self, encoded: Any) -> int:
         return sum(len(ids) for ids in encoded.ids)
-
-
-class ExampleBatches(Generic[Batch]):
-    """Seeded epoch permutations over n examples; sample i is a pure function of (seed, i), so a
-    resumed run replays nothing. ``collate`` turns rows into what the objective's make_batch takes."""
-
-    def __init__(self, n: int, collate: Callable[[list[int]], Batch], seed: int) -> None:
-        if n < 1:
-            raise HeadstartError("no training examples: expected at least one")
-        self.n, self.collate, self.seed = n, collate, seed
-        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
-
-    def batch(self, first: int, count: int) -> Batch:
-        rows = []
-        for index in range(first, first + count):
-            epoch, position = divmod(index, self.n)
-            if epoch != self._epoch:
-                self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            rows.append(int(self._order[position]))
-        return self.collate(rows)
 
 
 def length_batches(lengths: list[int], batch_size: int = 64) -> list[np.ndarray]:

@@ -19,12 +19,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import FinetuneConfig, PretrainConfig, TrainConfig, build, save_yaml, to_dict
+from headstart.data.examples import ExampleBatches
 from headstart.data.labelled import stratified_budget
 from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError, Interrupted
 from headstart.models.transformer import Transformer
 from headstart.tasks import make_task
-from headstart.tasks.base import ExampleBatches
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import forward_flops_per_token
 from headstart.train.frozen_features import knn_votes

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from headstart.config import EmbeddingsConfig, PretrainConfig, build, merge, save_yaml, to_dict
+from headstart.data.examples import ExampleBatches
 from headstart.data.shards import TokenShards, open_shards
 from headstart.data.tokenizers import TokenizerInfo, load_tokenizer, tokenizer_info, word_start
 from headstart.data.windows import WindowSampler, eval_windows
@@ -27,7 +28,6 @@ from headstart.objectives.contrastive import SentenceEncoder, SimCSE
 from headstart.objectives.mlm import MaskedLM
 from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
 from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
-from headstart.tasks.base import ExampleBatches
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop

@@ -19,13 +19,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import PretrainConfig, save_yaml, to_dict
 from headstart.data.augment import build_views
+from headstart.data.examples import ExampleBatches
 from headstart.data.images import ImageSet, read_images
 from headstart.errors import HeadstartError
 from headstart.models.vision import VisionTransformer, build_vision
 from headstart.objectives.base import Objective
 from headstart.objectives.contrastive import ContrastiveModel, SimCLR
 from headstart.objectives.mae import MAE, MaskedAutoencoder
-from headstart.tasks.base import ExampleBatches
 from headstart.train.frozen_features import frozen_scores
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.run_dir import open_run

@@ -9,6 +9,7 @@ from headstart.config import TaskConfig
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import ImageClassify
 from headstart.tasks.image import ImageClassifyTask, roc_auc
+from headstart.train import finetune as finetune_module
 from headstart.transfer.reference import pixel_features
 
 TINY = ["train.steps=30", "train.eval_every=10", "train.batch_size=16", "train.precision=fp32", "optim.lr=3e-3"]
@@ -119,3 +120,24 @@ def test_image_study_input_errors(tmp_path, tiny_images, tiny_simclr):
     no_such_init = f"{{simclr: {tiny_simclr}}}"
     with pytest.raises(HeadstartError, match=r"init_settings\.simclr-knn: expected the name of a fine-tuned init"):
         api.transfer(str(image_study(tmp_path, tiny_images, tiny_simclr, no_such_init)))
+
+
+def test_self_training_distils_into_a_student_on_teacher_probabilities(tmp_path, tiny_images, tiny_simclr, monkeypatch):
+    seen = []
+
+    def recording(first, second):
+        seen.append((first.labels, second.labels))
+        return original(first, second)
+
+    original = finetune_module.concat_encoded
+    monkeypatch.setattr(finetune_module, "concat_encoded", recording)
+    teacher = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=teacher")
+    student = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=student", "distill_steps=60")
+    assert (student.run_dir / "student" / "metrics.jsonl").is_file()
+    assert student.metrics["accuracy"] >= 0.8 and student.flops > teacher.flops
+    ((budget, pool),) = seen
+    assert budget.shape == (32, 2) and set(np.unique(budget)) == {0.0, 1.0}  # the labelled budget, one-hot
+    assert pool.shape == (96 - 40, 2) and np.allclose(pool.sum(1), 1.0)  # the rest: the teacher's probabilities
+    assert not set(np.unique(pool)) <= {0.0, 1.0}
+    with pytest.raises(HeadstartError, match=r"distill_steps=20: self-training"):
+        finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=frozen", "distill_steps=20", "freeze_backbone=true")

@@ -254,6 +254,11 @@ class FinetuneConfig:
     # At least this many passes over the training split: a large budget gets proportionally more
     # steps (and evaluations as often in relative terms) than train.steps, which suits small ones.
     min_epochs: float = 0.0
+    # Self-training (SimCLRv2's distillation): > 0 trains a student, from the same init, this many
+    # steps on the budget plus unlabelled training examples labelled by the fine-tuned model's
+    # class probabilities (classification tasks; their own labels are never read).
+    distill_steps: int = 0
+    distill_pool: int = 0  # unlabelled examples the teacher labels; 0: every training example outside the budget
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=20, min_lr_ratio=0.0))
     train: TrainConfig = field(

@@ -63,8 +63,10 @@ class ImageClassify:
 def cross_entropy_and_accuracy(
     logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Labels as class ids, or as class probabilities (B, n_classes) from a teacher."""
     logits = logits.float()
-    accuracy = (logits.argmax(-1) == labels).float().mean()
+    hard = labels.argmax(-1) if labels.is_floating_point() else labels
+    accuracy = (logits.argmax(-1) == hard).float().mean()
     return F.cross_entropy(logits, labels), {"accuracy": accuracy.detach()}
 
 

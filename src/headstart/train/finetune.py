@@ -8,8 +8,9 @@ import copy
 import json
 import math
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +24,13 @@ from headstart.data.examples import ExampleBatches
 from headstart.data.labelled import stratified_budget
 from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError, Interrupted
+from headstart.models.heads import head_logits
 from headstart.models.transformer import Transformer
-from headstart.tasks import make_task
+from headstart.tasks import Task, make_task
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import forward_flops_per_token
 from headstart.train.frozen_features import knn_votes
-from headstart.train.loop import train_loop
+from headstart.train.loop import LoopResult, train_loop
 from headstart.train.pretrain import backbone_of, build_model
 from headstart.train.pretrain_images import build_image_model
 from headstart.train.probe import fit_logistic
@@ -115,6 +117,11 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         raise HeadstartError("task.train and task.eval: expected labelled data (JSONL records, or images)")
     if config.freeze_backbone and config.readout == "knn" and config.task.kind not in ("classify", "image"):
         raise HeadstartError(f"readout=knn: reads classification tasks, not task.kind={config.task.kind}")
+    if config.distill_steps > 0 and (config.freeze_backbone or config.task.kind not in ("classify", "image")):
+        raise HeadstartError(
+            f"distill_steps={config.distill_steps}: self-training fine-tunes a student on class probabilities; "
+            f"expected a classification task without freeze_backbone (task.kind={config.task.kind})"
+        )
     backbone, tokenizer = load_backbone(config)
     task = make_task(config.task, tokenizer)
     task.read()
@@ -151,29 +158,71 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         ckpt.write_checkpoint(run_dir / "checkpoints", 0, model, {"step": 0, "l2": probe.l2}, to_dict(config))
         return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, probe_flops)
 
-    best: dict[str, object] = {"score": -1.0, "state": None, "step": 0}
+    result, best = fit_with_early_stopping(model, task, fit_set, held_set, eval_set, config, run_dir, console, quiet)
+    flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
+    if config.distill_steps > 0:
+        model.load_state_dict(best["state"])  # type: ignore[arg-type]
+        pool = np.setdiff1d(np.arange(len(task.strata)), chosen)
+        if config.distill_pool > 0:
+            pool = np.random.default_rng([config.train.seed, 2]).permutation(pool)[: config.distill_pool]
+        pool_set = task.encode("train", pool)
+        features, _ = task.features(model, pool_set)
+        pool_set.labels = head_logits(model.head, features).softmax(-1).numpy()  # the teacher's; labels unread
+        one_hot = np.eye(pool_set.labels.shape[1], dtype=np.float32)[fit_set.labels]
+        student_set = concat_encoded(replace(fit_set, labels=one_hot), pool_set)
+        student = task.build_model(load_backbone(config)[0], config.pooling)
+        student_config = replace(config, train=replace(config.train, steps=config.distill_steps))
+        console.print(f"distilling into a student on {len(pool):,} teacher-labelled examples", highlight=False)
+        result, best = fit_with_early_stopping(
+            student, task, student_set, held_set, eval_set, student_config, run_dir / "student", console, quiet
+        )
+        model = student
+        flops += forward_flops * task.units(pool_set) + result.flops
+    model.load_state_dict(best["state"])  # type: ignore[arg-type]
+    metrics = task.score(model, eval_set, final=True)
+    return _finish(
+        config, task.metric, run_dir, len(chosen), metrics, int(best["step"]), float(best["score"]), result.step, flops
+    )
+
+
+def fit_with_early_stopping(
+    model: nn.Module,
+    task: Task,
+    train_set: Any,
+    held_set: Any,
+    eval_set: Any,
+    config: FinetuneConfig,
+    run_dir: Path,
+    console: Console,
+    quiet: bool,
+) -> tuple[LoopResult, dict[str, Any]]:
+    """Train through the one loop, scoring the held-out split at every evaluation; returns the
+    loop's result and the best evaluation (score, weights, step: the earliest that reached it)."""
+    best: dict[str, Any] = {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "step": 0}
     every, steps = config.train.eval_every, config.train.steps
     step_of_eval = iter([*range(every, steps, every), steps] if every else [steps])  # when the loop evaluates
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         step = next(step_of_eval, steps)
         scores = task.score(model, held_set)
-        if scores[task.metric] > float(best["score"]):  # the first best: the earliest step that reached it
+        if scores[task.metric] > float(best["score"]):
             best.update(score=scores[task.metric], state=copy.deepcopy(model.state_dict()), step=step)
         # The reported set's score along the way, for curves only; the choice above never sees it.
         reported = task.score(model, eval_set) if task.track_eval else {}
         return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
+    example = task.objective.make_batch(task.collate(train_set)([0]), torch.Generator().manual_seed(0))["input"]
+    backbone = model.backbone
     result = train_loop(
         model,
         task.objective,
-        ExampleBatches(task.size(fit_set), task.collate(fit_set), config.train.seed),
+        ExampleBatches(task.size(train_set), task.collate(train_set), config.train.seed),
         config.train,
         config.optim,
         config.schedule,
         run_dir,
         to_dict(config),
-        3 * forward_flops,
+        3 * forward_flops_per_unit(backbone, config.task.max_len, example),
         evaluate=evaluate,
         lr_scale=layer_scale(len(backbone.blocks), config.layer_decay) if config.layer_decay != 1.0 else None,
         console=console,
@@ -181,12 +230,16 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     )
     if result.interrupted:  # a fine-tune is short: nothing half-trained is reported, a rerun starts over
         raise Interrupted(f"fine-tune {run_dir} interrupted at step {result.step}; rerun it to start over")
-    model.load_state_dict(best["state"])  # type: ignore[arg-type]
-    metrics = task.score(model, eval_set, final=True)
-    flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
-    return _finish(
-        config, task.metric, run_dir, len(chosen), metrics, int(best["step"]), float(best["score"]), result.step, flops
-    )
+    return result, best
+
+
+def concat_encoded(first: Any, second: Any) -> Any:
+    """Two encoded sets of one task as one (each field: lists joined, arrays stacked)."""
+    joined = {}
+    for item in fields(first):
+        a, b = getattr(first, item.name), getattr(second, item.name)
+        joined[item.name] = a + b if isinstance(a, list) else np.concatenate([a, b])
+    return type(first)(**joined)
 
 
 def _finish(

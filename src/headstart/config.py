@@ -98,6 +98,7 @@ class VisionConfig:
     image_size: int = 0  # 0: from the data
     width: int = 32
     depth: int = 2
+    stem_stride: int = 1  # resnet: 2 halves the resolution at the stem (4× fewer FLOPs in every stage)
     patch: int = 4
     n_head: int = 4
     pooling: Literal["avg", "max", "cls"] = "avg"  # cls: the ViT's class token

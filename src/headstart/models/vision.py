@@ -57,15 +57,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A CIFAR-style ResNet for small images: a 3×3 stem, three stages (the last two halve the
-    resolution), global pooling."""
+    """A CIFAR-style ResNet for small images: a 3×3 stem (stride ``stem_stride``), three stages
+    (the last two halve the resolution), global pooling."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.config = config
         widths = [config.width, 2 * config.width, 4 * config.width]
         self.stem = nn.Sequential(
-            nn.Conv2d(config.channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            nn.Conv2d(config.channels, widths[0], 3, config.stem_stride, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
         )
         blocks, inputs = [], widths[0]
         for stage, outputs in enumerate(widths):

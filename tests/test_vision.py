@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
@@ -38,3 +39,16 @@ def test_vit_patches_in_raster_order_and_positions_follow_the_tokens():
     assert model.encode(tokens[:, :2], torch.tensor([[1, 3]] * 3)).shape == (3, 3, 16)
     with pytest.raises(HeadstartError, match="this ViT takes 1×8×8"):
         model(torch.rand(1, 3, 8, 8))
+
+
+def test_a_strided_stem_quarters_the_resnet_flops_and_keeps_the_features():
+    flops = {}
+    for stride in (1, 2):
+        model = build_vision(
+            VisionConfig(kind="resnet", channels=1, image_size=28, width=8, depth=1, stem_stride=stride)
+        )
+        with FlopCounterMode(display=False) as counter:
+            features = model(torch.rand(2, 1, 28, 28))
+        flops[stride] = counter.get_total_flops()
+        assert features.shape == (2, 32)
+    assert 0.2 < flops[2] / flops[1] < 0.3

@@ -118,7 +118,7 @@ def pretrain_images(
         def evaluate(model: nn.Module) -> dict[str, float]:
             return frozen_scores(model.backbone, *fit, *test)
 
-    sample = torch.from_numpy(train.images[: min(8, len(train))])
+    sample = torch.from_numpy(train.images[: min(8, len(train))].copy())  # a view of read-only data
     return train_loop(
         model,
         objective,

@@ -6,7 +6,7 @@ import torch
 from headstart.config import ModelConfig
 from headstart.errors import HeadstartError
 from headstart.models.transformer import SIZES, Transformer, mlp_hidden
-from headstart.train.flops import matmul_params, train_flops_per_token
+from headstart.train.flops import matmul_params, measure_peak_flops, train_flops_per_token
 
 
 def tiny(**kw):
@@ -86,3 +86,10 @@ def test_bf16_autocast_forward_backward():
         loss = model.logits(model(ids)).float().logsumexp(-1).mean()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_measuring_the_peak_leaves_the_global_random_stream_alone():
+    # A fresh machine measures its peak inside the first run: that must not shift the run's dropout masks.
+    before = torch.get_rng_state()
+    assert measure_peak_flops(torch.float32, torch.device("cpu"), size=64, repeats=1) > 0
+    assert torch.equal(torch.get_rng_state(), before)

@@ -57,8 +57,9 @@ def measure_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 102
     against. The fastest try, not the median, so a busy moment does not lower the ceiling."""
     if device.type == "cuda":
         size = 8192
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    numbers = torch.Generator(device=device).manual_seed(0)  # the run's own random stream stays untouched
+    a = torch.randn(size, size, device=device, generator=numbers).to(dtype)
+    b = torch.randn(size, size, device=device, generator=numbers).to(dtype)
     timings = []
     for i in range(repeats + 3):
         if device.type == "cuda":

@@ -18,13 +18,15 @@ RESUMABLE_CHANGES = {("train", "steps"), ("train", "max_minutes"), ("train", "ev
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     for section, values in current.items():
-        for key, value in values.items():
+        settings = values.items() if isinstance(values, dict) else [("", values)]  # a top-level field, e.g. init
+        for key, value in settings:
             if (section, key) in RESUMABLE_CHANGES:
                 continue
-            before = saved.get(section, {}).get(key)
+            before = saved.get(section, {}).get(key) if isinstance(values, dict) else saved.get(section, "")
             if before != value:
+                name = f"{section}.{key}" if key else section
                 raise HeadstartError(
-                    f"resume from {where}: {section}.{key} was {before!r}, now {value!r}; "
+                    f"resume from {where}: {name} was {before!r}, now {value!r}; "
                     "a resumed run must keep its config (start a new run.name instead)"
                 )
 

@@ -96,3 +96,27 @@ def test_simclr_with_gradcache_trains_through_the_loop_and_counts_the_extra_forw
     losses = [json.loads(x)["loss"] for x in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in x]  # fmt: skip
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+def test_continuing_an_image_checkpoint_starts_from_its_weights_and_checks_the_images(tmp_path):
+    source = run(tmp_path, "source", ["train.steps=2", "train.eval_every=0"]).checkpoint
+    trained = load_file(source / "model.safetensors")
+    learned = [name for name in trained if "running" not in name and "num_batches" not in name]  # no BN stats
+    # continuing with zero learning rate keeps every weight: the whole model was carried over
+    settings = ["train.steps=1", "train.eval_every=0", "optim.lr=0", f"init={source}"]
+    same = run(tmp_path, "same", [*settings, "vision.width=16"])  # the checkpoint's width wins
+    continued = load_file(same.checkpoint / "model.safetensors")
+    assert set(continued) == set(trained)
+    assert [name for name in learned if not torch.equal(continued[name], trained[name])] == []
+    # another projection head: only the backbone carries over
+    other = run(tmp_path, "other", [*settings, "objective.projection_dim=8"])
+    weights = load_file(other.checkpoint / "model.safetensors")
+    backbone = [name for name in learned if name.startswith("backbone.")]
+    assert backbone and all(torch.equal(weights[name], trained[name]) for name in backbone)
+    assert any(weights[name].shape != trained[name].shape for name in trained if name.startswith("projection."))
+
+    bigger = tmp_path / "bigger.npz"
+    np.savez(bigger, x_train=np.zeros((8, 12, 12), np.uint8), y_train=np.zeros(8, np.uint8))
+    with pytest.raises(HeadstartError, match=r"image_size=8; .*bigger.npz has 12"):
+        api.pretrain("gpt-tiny", [*TINY, f"data.images={bigger}", f"run.out_dir={tmp_path}", "objective.name=simclr",
+                                  f"init={source}", "train.steps=1"], quiet=True)  # fmt: skip

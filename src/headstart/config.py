@@ -172,7 +172,9 @@ class RunConfig:
 class PretrainConfig:
     """Everything one pretraining run needs; saved resolved in every checkpoint."""
 
-    init: str = ""  # a checkpoint to continue from: its weights, model settings and tokenizer (dropout: this run's)
+    # a checkpoint to continue from: its weights and model settings (dropout: this run's); text keeps its
+    # tokenizer, images their size and channels (the projection head carries over when it fits)
+    init: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)

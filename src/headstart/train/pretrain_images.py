@@ -17,7 +17,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from headstart.config import PretrainConfig, save_yaml, to_dict
+from headstart.config import PretrainConfig, build, save_yaml, to_dict
 from headstart.data.augment import build_views
 from headstart.data.examples import ExampleBatches
 from headstart.data.images import ImageSet, read_images
@@ -26,6 +26,7 @@ from headstart.models.vision import VisionTransformer, build_vision
 from headstart.objectives.base import Objective
 from headstart.objectives.contrastive import ContrastiveModel, SimCLR
 from headstart.objectives.mae import MAE, MaskedAutoencoder
+from headstart.train import checkpoint as ckpt
 from headstart.train.frozen_features import frozen_scores
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.run_dir import open_run
@@ -58,6 +59,37 @@ def build_image_model(config: PretrainConfig) -> nn.Module:
         assert isinstance(backbone, VisionTransformer)
         return MaskedAutoencoder(backbone, objective.decoder_width, objective.decoder_depth, config.vision.n_head)
     return ContrastiveModel(backbone, objective.projection_hidden, objective.projection_dim)
+
+
+def continue_image_checkpoint(config: PretrainConfig) -> tuple[PretrainConfig, nn.Module]:
+    """``config`` with the backbone settings of the image checkpoint it continues, and that
+    checkpoint's trained model. Domain-adaptive pretraining on new images: the whole model
+    carries over when the objective is the same, else only the backbone."""
+    folder = ckpt.resolve_checkpoint(config.init)
+    ckpt.verify(folder)
+    source = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
+    if not source.data.images:
+        raise HeadstartError(f"init={config.init}: a text checkpoint; continuing on images needs an image one")
+    for name in ("channels", "image_size"):
+        given, trained = getattr(config.vision, name), getattr(source.vision, name)
+        if given != trained:
+            raise HeadstartError(
+                f"init={config.init}: trained on images with {name}={trained}; {config.data.images} has {given}"
+            )
+    trained = build_image_model(source)
+    ckpt.load_weights(folder, trained)
+    return replace(config, vision=source.vision), trained
+
+
+def load_continued(model: nn.Module, trained: nn.Module) -> str:
+    """Copy the continued checkpoint's weights: all of them when the heads have the same shapes
+    (the same objective), else the backbone's. Returns which."""
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    if shapes == {name: tensor.shape for name, tensor in trained.state_dict().items()}:
+        model.load_state_dict(trained.state_dict())
+        return "backbone and head"
+    model.backbone.load_state_dict(trained.backbone.state_dict())
+    return "backbone"
 
 
 def build_image_objective(config: PretrainConfig) -> Objective:
@@ -98,8 +130,13 @@ def pretrain_images(
         raise HeadstartError(f"objective.name={config.objective.name}: images take simclr or mae")
     train = read_images(config.data.images, "train")
     config = resolve_vision(config, train)
+    continued = None
+    if config.init:
+        config, continued = continue_image_checkpoint(config)
     run_dir, resume_from = open_run(config, resume, console)
     model = build_image_model(config)
+    if continued is not None:
+        console.print(f"continuing {config.init}: its {load_continued(model, continued)}", highlight=False)
     objective = build_image_objective(config)
     backbone = model.backbone
     console.print(

@@ -158,7 +158,9 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         ckpt.write_checkpoint(run_dir / "checkpoints", 0, model, {"step": 0, "l2": probe.l2}, to_dict(config))
         return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, probe_flops)
 
-    result, best = fit_with_early_stopping(model, task, fit_set, held_set, eval_set, config, run_dir, console, quiet)
+    result, best = fit_with_early_stopping(
+        model, task, fit_set, held_set, eval_set, config, forward_flops, run_dir, console, quiet
+    )
     flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
     if config.distill_steps > 0:
         model.load_state_dict(best["state"])  # type: ignore[arg-type]
@@ -174,7 +176,16 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         student_config = replace(config, train=replace(config.train, steps=config.distill_steps))
         console.print(f"distilling into a student on {len(pool):,} teacher-labelled examples", highlight=False)
         result, best = fit_with_early_stopping(
-            student, task, student_set, held_set, eval_set, student_config, run_dir / "student", console, quiet
+            student,
+            task,
+            student_set,
+            held_set,
+            eval_set,
+            student_config,
+            forward_flops,
+            run_dir / "student",
+            console,
+            quiet,
         )
         model = student
         flops += forward_flops * task.units(pool_set) + result.flops
@@ -192,6 +203,7 @@ def fit_with_early_stopping(
     held_set: Any,
     eval_set: Any,
     config: FinetuneConfig,
+    forward_flops: float,
     run_dir: Path,
     console: Console,
     quiet: bool,
@@ -211,7 +223,6 @@ def fit_with_early_stopping(
         reported = task.score(model, eval_set) if task.track_eval else {}
         return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
-    example = task.objective.make_batch(task.collate(train_set)([0]), torch.Generator().manual_seed(0))["input"]
     backbone = model.backbone
     result = train_loop(
         model,
@@ -222,7 +233,7 @@ def fit_with_early_stopping(
         config.schedule,
         run_dir,
         to_dict(config),
-        3 * forward_flops_per_unit(backbone, config.task.max_len, example),
+        3 * forward_flops,
         evaluate=evaluate,
         lr_scale=layer_scale(len(backbone.blocks), config.layer_decay) if config.layer_decay != 1.0 else None,
         console=console,

@@ -106,6 +106,7 @@ def test_continuing_an_image_checkpoint_starts_from_its_weights_and_checks_the_i
     settings = ["train.steps=1", "train.eval_every=0", "optim.lr=0", f"init={source}"]
     same = run(tmp_path, "same", [*settings, "vision.width=16"])  # the checkpoint's width wins
     continued = load_file(same.checkpoint / "model.safetensors")
+    assert json.loads((same.checkpoint / "lineage.json").read_text())[0]["checkpoint"] == str(source.resolve())
     assert set(continued) == set(trained)
     assert [name for name in learned if not torch.equal(continued[name], trained[name])] == []
     # another projection head: only the backbone carries over

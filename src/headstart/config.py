@@ -175,6 +175,8 @@ class PretrainConfig:
     # a checkpoint to continue from: its weights and model settings (dropout: this run's); text keeps its
     # tokenizer, images their size and channels (the projection head carries over when it fits)
     init: str = ""
+    # continuing: "fresh" starts a cold AdamW; "carry" starts from the checkpoint's optimizer moments
+    init_optimizer: Literal["fresh", "carry"] = "fresh"
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)

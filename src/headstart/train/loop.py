@@ -29,7 +29,7 @@ from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import peak_flops
 from headstart.train.log import MetricsFile, ProgressDisplay
-from headstart.train.optim import build_optimizer
+from headstart.train.optim import build_optimizer, carry_moments
 from headstart.train.schedule import lr_multiplier
 
 
@@ -125,18 +125,24 @@ def train_loop(
     lr_scale: Callable[[str], float] | None = None,
     prior: tuple[float, float] = (0.0, 0.0),
     resume: Path | None = None,
+    carried_optimizer: tuple[dict[str, Any], str] | None = None,
+    eval_at_start: bool = False,
     console: Console | None = None,
     quiet: bool = False,
 ) -> LoopResult:
     """Train ``model`` for ``train.steps`` optimizer steps; returns where it ended.
 
     ``prior``: FLOPs and seconds already spent on the model before the loop (a warm start),
-    counted in its compute record."""
+    counted in its compute record. ``carried_optimizer``: another run's optimizer state (and
+    where it came from) that a fresh run starts from instead of zero moments. ``eval_at_start``:
+    a fresh run also evaluates before its first step (a continued run's starting point)."""
     console = console or Console(stderr=True)
     device = pick_device(train.device)
     dtype = pick_precision(train.precision, device)
     model.to(device)
     optimizer = build_optimizer(model, optim, device, lr_scale)
+    if carried_optimizer is not None and resume is None:
+        carry_moments(optimizer, *carried_optimizer)
     step, samples_seen, tokens_seen = 0, 0, 0
     flops_spent, elapsed_before = prior
     if resume is not None:
@@ -208,6 +214,8 @@ def train_loop(
         return result
 
     interrupted = False
+    if eval_at_start and resume is None:
+        run_eval(0)
     model.train()
     try:
         with deferred_interrupt() as signals:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from headstart.config import OptimConfig
+from headstart.errors import HeadstartError
 
 
 def build_optimizer(
@@ -34,3 +35,26 @@ def build_optimizer(
         eps=config.eps,
         fused=device.type in ("cuda", "cpu"),
     )
+
+
+def carry_moments(optimizer: torch.optim.Optimizer, carried: dict, source: str) -> None:
+    """Start ``optimizer`` from another run's per-parameter AdamW state (moments and step
+    counts), keeping this run's hyperparameters: continued pretraining without the first steps
+    of a cold optimizer. The parameters must line up one to one, in the same shapes."""
+    own = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(group["params"]) for group in own["param_groups"]]
+    theirs = [len(group["params"]) for group in carried["param_groups"]]
+    if sizes != theirs:
+        raise HeadstartError(
+            f"init_optimizer=carry: {source}'s optimizer has parameter groups of {theirs} tensors; "
+            f"this model has {sizes}"
+        )
+    for index, state in carried["state"].items():
+        moment = state.get("exp_avg")
+        if moment is not None and moment.shape != params[int(index)].shape:
+            raise HeadstartError(
+                f"init_optimizer=carry: {source}'s optimizer state has shape {tuple(moment.shape)} for parameter "
+                f"{index}; this model's is {tuple(params[int(index)].shape)}"
+            )
+    optimizer.load_state_dict({"state": carried["state"], "param_groups": own["param_groups"]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from headstart.objectives.mlm import MaskedLM
 from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
 from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
 from headstart.train import checkpoint as ckpt
+from headstart.train.continued import carried_optimizer, forgetting, lineage_of, write_lineage
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.pretrain_images import pretrain_images
@@ -142,9 +143,18 @@ def split_bytes_per_token(meta: dict[str, Any], split: str) -> float | None:
     return stats["bytes"] / stats["tokens"] if stats.get("tokens") else None
 
 
-def continue_from(config: PretrainConfig, shards_tokenizer: Path) -> tuple[PretrainConfig, nn.Module]:
+@dataclass
+class Continued:
+    """The checkpoint a run continues: where it is, how it was trained, its trained backbone."""
+
+    folder: Path
+    source: PretrainConfig
+    backbone: nn.Module
+
+
+def continue_from(config: PretrainConfig, shards_tokenizer: Path) -> tuple[PretrainConfig, Continued]:
     """``config`` with the model settings of the checkpoint it continues (dropout: its own), and
-    that checkpoint's trained backbone; the tokenizers must be the same."""
+    that checkpoint; the tokenizers must be the same."""
     folder = ckpt.resolve_checkpoint(config.init)
     ckpt.verify(folder)
     source = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
@@ -157,7 +167,20 @@ def continue_from(config: PretrainConfig, shards_tokenizer: Path) -> tuple[Pretr
         )
     trained = build_model(source)
     ckpt.load_weights(folder, trained)
-    return replace(config, model=replace(source.model, dropout=config.model.dropout)), backbone_of(trained)
+    config = replace(config, model=replace(source.model, dropout=config.model.dropout))
+    return config, Continued(folder, source, backbone_of(trained))
+
+
+def origin_windows(continued: Continued, config: PretrainConfig) -> np.ndarray | None:
+    """Validation windows of the data the continued checkpoint was trained on, to measure what
+    continuing forgets; None when its loss is not comparable (another objective) or its data is gone."""
+    source = continued.source
+    if source.objective.name != config.objective.name or config.objective.name == "simcse":
+        return None
+    if not (Path(source.data.shards) / "meta.json").is_file():
+        return None
+    shards = open_shards(source.data.shards)
+    return eval_windows(shards.val, config.train.seq_len + 1, config.train.eval_batches * config.train.batch_size)
 
 
 class TrainSentences:
@@ -220,9 +243,14 @@ def pretrain(
     model = build_model(config)
     describe(model, config, console)
     prior = (0.0, 0.0)
+    lineage: list[dict[str, Any]] = []
+    origin = None
+    objective = build_objective(config, tokenizer)
     if continued is not None:
-        backbone_of(model).load_state_dict(continued.state_dict())
-        console.print(f"continuing {config.init}", highlight=False)
+        backbone_of(model).load_state_dict(continued.backbone.state_dict())
+        origin = origin_windows(continued, config)
+        lineage = lineage_of(continued.folder)
+        console.print(f"continuing {continued.folder}", highlight=False)
     elif config.embeddings.init == "skipgram" and resume_from is None:
         warm = skipgram_embeddings(backbone_of(model), shards, config.embeddings, config.train.seed)
         prior = (warm.flops, warm.seconds)
@@ -232,7 +260,6 @@ def pretrain(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(config)
     save_yaml(config, run_dir / "config.yaml")
-    objective = build_objective(config, tokenizer)
     evaluate, source = None, TrainWindows(shards, config.train.seq_len, config.train.seed)
     if config.objective.name == "simcse":  # its loss without dropout is trivial: probes measure it
         source = TrainSentences(shards, config.train.seq_len, info.pad_id, config.train.seed)
@@ -241,12 +268,19 @@ def pretrain(
         bytes_per_token = split_bytes_per_token(shards.meta, "val")
 
         def evaluate(model: torch.nn.Module) -> dict[str, float]:
-            return evaluate_windows(model, objective, val, config.train.batch_size, bytes_per_token)
+            scores = evaluate_windows(model, objective, val, config.train.batch_size, bytes_per_token)
+            if origin is not None:  # what continuing costs the domain the checkpoint came from
+                scores["origin_val_loss"] = evaluate_windows(model, objective, origin, config.train.batch_size)[
+                    "val_loss"
+                ]
+            return scores
 
     def write_extras(folder: Path) -> None:
         shutil.copyfile(tokenizer_path, folder / "tokenizer.json")
+        if lineage:
+            write_lineage(lineage, folder)
 
-    return train_loop(
+    result = train_loop(
         model,
         objective,
         source,
@@ -260,9 +294,17 @@ def pretrain(
         write_extras=write_extras,
         prior=prior,
         resume=resume_from,
+        carried_optimizer=carried_optimizer(continued.folder, config.init_optimizer) if continued else None,
+        eval_at_start=origin is not None,
         console=console,
         quiet=quiet,
     )
+    if origin is not None and (change := forgetting(run_dir / "metrics.jsonl")):
+        console.print(
+            f"forgetting: validation loss on {continued.source.data.shards} {change[0]:.4f} → {change[1]:.4f}",
+            highlight=False,
+        )
+    return result
 
 
 def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:

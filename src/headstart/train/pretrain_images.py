@@ -27,6 +27,7 @@ from headstart.objectives.base import Objective
 from headstart.objectives.contrastive import ContrastiveModel, SimCLR
 from headstart.objectives.mae import MAE, MaskedAutoencoder
 from headstart.train import checkpoint as ckpt
+from headstart.train.continued import carried_optimizer, lineage_of, write_lineage
 from headstart.train.frozen_features import frozen_scores
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.run_dir import open_run
@@ -61,9 +62,9 @@ def build_image_model(config: PretrainConfig) -> nn.Module:
     return ContrastiveModel(backbone, objective.projection_hidden, objective.projection_dim)
 
 
-def continue_image_checkpoint(config: PretrainConfig) -> tuple[PretrainConfig, nn.Module]:
+def continue_image_checkpoint(config: PretrainConfig) -> tuple[PretrainConfig, nn.Module, Path]:
     """``config`` with the backbone settings of the image checkpoint it continues, and that
-    checkpoint's trained model. Domain-adaptive pretraining on new images: the whole model
+    checkpoint's trained model and directory. Domain-adaptive pretraining on new images: the whole model
     carries over when the objective is the same, else only the backbone."""
     folder = ckpt.resolve_checkpoint(config.init)
     ckpt.verify(folder)
@@ -78,7 +79,7 @@ def continue_image_checkpoint(config: PretrainConfig) -> tuple[PretrainConfig, n
             )
     trained = build_image_model(source)
     ckpt.load_weights(folder, trained)
-    return replace(config, vision=source.vision), trained
+    return replace(config, vision=source.vision), trained, folder
 
 
 def load_continued(model: nn.Module, trained: nn.Module) -> str:
@@ -130,13 +131,15 @@ def pretrain_images(
         raise HeadstartError(f"objective.name={config.objective.name}: images take simclr or mae")
     train = read_images(config.data.images, "train")
     config = resolve_vision(config, train)
-    continued = None
+    continued, folder = None, None
     if config.init:
-        config, continued = continue_image_checkpoint(config)
+        config, continued, folder = continue_image_checkpoint(config)
     run_dir, resume_from = open_run(config, resume, console)
     model = build_image_model(config)
     if continued is not None:
-        console.print(f"continuing {config.init}: its {load_continued(model, continued)}", highlight=False)
+        console.print(f"continuing {folder}: its {load_continued(model, continued)}", highlight=False)
+    lineage = lineage_of(folder) if folder else []
+    carried = carried_optimizer(folder, config.init_optimizer) if folder else None
     objective = build_image_objective(config)
     backbone = model.backbone
     console.print(
@@ -167,7 +170,9 @@ def pretrain_images(
         to_dict(config),
         flops_per_image(model, objective, sample),
         evaluate=evaluate,
+        write_extras=(lambda into: write_lineage(lineage, into)) if lineage else None,
         resume=resume_from,
+        carried_optimizer=carried,
         console=console,
         quiet=quiet,
     )

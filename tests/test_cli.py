@@ -26,7 +26,19 @@ def assert_one_line_error(result, *fragments):
 def test_help_lists_every_verb():
     result = headstart("--help")
     assert result.returncode == 0
-    for verb in ("prepare", "pretrain", "finetune", "transfer", "evaluate", "generate", "fill-mask", "quickstart"):
+    for verb in (
+        "prepare",
+        "pretrain",
+        "finetune",
+        "transfer",
+        "evaluate",
+        "generate",
+        "fill-mask",
+        "embed",
+        "mismatch",
+        "plan",
+        "quickstart",
+    ):
         assert verb in result.stdout
     pretrain_help = headstart("pretrain", "--help").stdout
     assert "gpt-tiny" in pretrain_help and "--resume" in pretrain_help

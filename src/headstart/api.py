@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -23,6 +23,10 @@ from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
 from headstart.train.pretrain import backbone_of, load_pretrained, steps_for_minutes
 from headstart.train.pretrain import pretrain as _pretrain
+
+if TYPE_CHECKING:
+    from headstart.plan import Plan
+    from headstart.transfer.mismatch import Mismatch
 
 Overrides = list[str] | dict[str, Any] | None
 MASK_MARKER = "<mask>"
@@ -157,6 +161,56 @@ def embed(
     return path
 
 
+def mismatch(
+    source: str,
+    target: str,
+    checkpoint: str | Path | None = None,
+    out: str | Path | None = None,
+    field: str = "text",
+    text_mode: str = "line",
+    console: Console | None = None,
+) -> Mismatch:
+    """How far ``target`` is from ``source`` (and, given a checkpoint, from what it learned), with a
+    recommendation on continued pretraining; ``out``: also write it as a Markdown report."""
+    from headstart.transfer.mismatch import measure_mismatch, print_mismatch, report_lines
+    from headstart.transfer.report import write_markdown
+
+    options = ReadOptions(text_mode=text_mode, jsonl_field=field)  # type: ignore[arg-type]
+    result = measure_mismatch(source, target, checkpoint, options)
+    if console is not None:
+        print_mismatch(result, console)
+    if out is not None:
+        path = write_markdown(Path(out), report_lines(result))
+        if console is not None:
+            console.print(f"report: {path}", highlight=False)
+    return result
+
+
+def plan(
+    recipe: str | None = None,
+    overrides: list[str] | None = None,
+    params: str | float | None = None,
+    flops: str | float | None = None,
+    minutes: float | None = None,
+    out: str | Path | None = None,
+    calibration_steps: int = 12,
+    console: Console | None = None,
+) -> Plan:
+    """Plan a pretraining run: for a model size (``params``, e.g. "10M") or a budget (``flops``,
+    or ``minutes`` of training here) the compute-optimal tokens or model, its FLOPs, its wall
+    time here (a short calibration) and its memory; ``out``: also write it (.json or .md)."""
+    from headstart.plan import check_out, write_plan
+    from headstart.plan import plan as _plan
+
+    target = check_out(Path(out)) if out is not None else None
+    result = _plan(recipe, overrides, params, flops, minutes, calibration_steps, console=console)
+    if target is not None:
+        path = write_plan(result, target)
+        if console is not None:
+            console.print(f"plan: {path}", highlight=False)
+    return result
+
+
 def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, console: Console | None = None) -> Path:
     """The whole path offline on the standard library; returns the report's path."""
     from headstart.quickstart import run_quickstart
@@ -164,4 +218,16 @@ def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, consol
     return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True))
 
 
-__all__ = ["embed", "evaluate", "fill_mask", "finetune", "generate", "prepare", "pretrain", "quickstart", "transfer"]
+__all__ = [
+    "embed",
+    "evaluate",
+    "fill_mask",
+    "finetune",
+    "generate",
+    "mismatch",
+    "plan",
+    "prepare",
+    "pretrain",
+    "quickstart",
+    "transfer",
+]

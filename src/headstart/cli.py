@@ -24,7 +24,10 @@ examples:
   headstart fill-mask runs/mlm-corpus --text "the <mask> sat on the mat"
   headstart pretrain bert-tiny objective.name=simcse init=runs/mlm-corpus data.shards=data/sentences
   headstart embed runs/simcse-sentences sentences.txt --out embeddings.npy
+  headstart mismatch wiki.txt biomed/ --checkpoint runs/clm-corpus --out mismatch.md
   headstart finetune fmnist init=runs/simclr-fashion_mnist budget=100
+  headstart plan --params 10M                            # Chinchilla tokens, FLOPs, wall time here, memory
+  headstart plan bert-tiny --hours 2 --out plan.md       # what two hours of training here buy
 """
 
 
@@ -58,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", choices=["bpe", "wordpiece", "unigram", "char"], help="tokenizer kind to train")
     p.add_argument("--tokenizer-path", help="reuse this tokenizer.json instead of training one")
     p.add_argument("--vocab-size", type=int, help="vocabulary size to train (default 8192)")
+    p.add_argument(
+        "--extend-vocab", type=int, help="with --tokenizer-path: add up to N tokens for the corpus's most split words"
+    )
     p.add_argument("--text-mode", choices=["line", "block", "file"], help="a document per line, block or file")
     p.add_argument(
         "--field",
@@ -146,6 +152,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "max"])
 
     p = verbs.add_parser(
+        "mismatch",
+        help="how far a target corpus is from the source: whether to continue pretraining on it",
+        description="Vocabulary overlap of the top-10k words; with --checkpoint, tokenizer fertility, unknown "
+        "rate and perplexity on both sides; the distance between their embeddings (MMD, proxy A-distance); "
+        "and a recommendation on domain-adaptive pretraining. Seeded samples, under a minute.",
+    )
+    p.add_argument("source", help="the pretraining corpus: a text or JSONL file, a glob or a directory")
+    p.add_argument("target", help="the target domain's corpus, in the same forms")
+    p.add_argument("--checkpoint", help="a text checkpoint or run directory (its newest checkpoint)")
+    p.add_argument("--out", help="also write the report here as Markdown")
+    p.add_argument("--field", default="text", help="JSONL field holding the text")
+    p.add_argument(
+        "--text-mode", default="line", choices=["line", "block", "file"], help="a document per line, block, file"
+    )
+
+    p = verbs.add_parser(
+        "plan",
+        help="compute-optimal tokens or model size for a budget, with FLOPs, wall time here and memory",
+        description="For a model size (--params, non-embedding) the compute-optimal tokens (Chinchilla: 20 per "
+        "parameter); for a FLOP budget the compute-optimal model; for a wall time what it buys the recipe's "
+        "model here. Then the training FLOPs, the wall time from a short timed run on this machine, and the "
+        "memory. Recipe default: gpt-tiny.",
+    )
+    p.add_argument("recipe", nargs="?", help="a recipe or YAML file that sets the model and its training")
+    p.add_argument("--params", help="model size in non-embedding parameters: 10M, 124M, 1.5B")
+    p.add_argument("--flops", help="compute budget in training FLOPs: 1e15, 3P")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="wall-time budget for training here")
+    budget.add_argument("--hours", type=float, help="wall-time budget for training here")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (train.seq_len)")
+    p.add_argument("--batch-size", type=int, help="sequences per micro-batch (train.batch_size)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="train.precision")
+    p.add_argument("--calibration-steps", type=int, default=12, help="training steps timed here (default 12)")
+    p.add_argument("--out", help="also write the plan here (.json or .md)")
+    _add_overrides(p)
+
+    p = verbs.add_parser(
         "quickstart",
         help="pretrain and evaluate on the Python standard library, offline, in a few minutes",
         description="No downloads: the corpus is this Python installation's own standard library.",
@@ -174,7 +217,12 @@ def _prepare_overrides(args: argparse.Namespace) -> dict:
     }
     tokenizer = {
         key: value
-        for key, value in (("kind", args.tokenizer), ("path", args.tokenizer_path), ("vocab_size", args.vocab_size))
+        for key, value in (
+            ("kind", args.tokenizer),
+            ("path", args.tokenizer_path),
+            ("vocab_size", args.vocab_size),
+            ("extend", args.extend_vocab),
+        )
         if value is not None
     }
     if tokenizer:
@@ -242,9 +290,37 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"<mask> {position + 1}: " + "  ".join(f"{tok!r} {p:.3f}" for tok, p in predictions))
     elif args.verb == "embed":
         api.embed(args.checkpoint, args.inputs, args.out, field=args.field, pooling=args.pooling, console=console)
+    elif args.verb == "mismatch":
+        api.mismatch(
+            args.source,
+            args.target,
+            args.checkpoint,
+            args.out,
+            field=args.field,
+            text_mode=args.text_mode,
+            console=console,
+        )
+    elif args.verb == "plan":
+        _plan(args, console)
     elif args.verb == "quickstart":
         api.quickstart(args.out, minutes=args.minutes, console=console)
     return 0
+
+
+def _plan(args: argparse.Namespace, console: Console) -> None:
+    """``headstart plan``: its flags as overrides, the plan as a table on stdout."""
+    from headstart import api
+    from headstart.plan import plan_table
+
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe and "=" in recipe:  # no recipe, only overrides
+        recipe, overrides = None, [recipe, *overrides]
+    for key, value in (("seq_len", args.seq_len), ("batch_size", args.batch_size), ("precision", args.precision)):
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
+    minutes = args.hours * 60 if args.hours is not None else args.minutes
+    result = api.plan(recipe, overrides, args.params, args.flops, minutes, args.out, args.calibration_steps, console)
+    Console().print(plan_table(result))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,8 +25,11 @@ T = TypeVar("T")
 
 @dataclass
 class ModelConfig:
-    """The transformer's shape. ``size`` names a preset; explicit fields override it."""
+    """The backbone's kind and shape. ``size`` names a transformer preset; explicit fields
+    override it. ``mamba`` (causal only) reads the shared fields and its own below, not
+    ``n_head``, ``mlp``, ``mlp_hidden`` or ``rope_theta``."""
 
+    kind: Literal["transformer", "mamba"] = "transformer"
     size: str = ""
     causal: bool = True
     vocab_size: int = 0  # 0: take it from the tokenizer
@@ -41,6 +44,11 @@ class ModelConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     init_std: float = 0.02
+    d_state: int = 16  # mamba: state size per channel
+    d_conv: int = 4  # mamba: width of the causal depthwise convolution
+    expand: int = 2  # mamba: inner width = expand · n_embd
+    dt_rank: int = 0  # mamba: rank of the step-size projection; 0: ceil(n_embd / 16)
+    scan_chunk: int = 64  # mamba: chunk length of the parallel scan
 
 
 @dataclass
@@ -197,6 +205,9 @@ class TokenizerConfig:
     kind: Literal["bpe", "wordpiece", "unigram", "char"] = "bpe"
     vocab_size: int = 8192
     lowercase: bool = False  # WordPiece only
+    # with path: add up to this many tokens for the corpus's most often split words, old ids unchanged
+    # (continued pretraining on a new domain: `pretrain init=CHECKPOINT` grows the embedding to match)
+    extend: int = 0
 
 
 @dataclass

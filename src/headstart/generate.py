@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from headstart.errors import HeadstartError
-from headstart.models.transformer import Transformer
+from headstart.models import TextBackbone
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -24,7 +24,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 @torch.no_grad()
 def sample(
-    model: Transformer,
+    model: TextBackbone,
     prompt: list[int],
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -56,7 +56,7 @@ def sample(
 
 
 @torch.no_grad()
-def fill_mask(model: Transformer, tokens: list[int], mask_id: int, top_k: int = 5) -> list[list[tuple[int, float]]]:
+def fill_mask(model: TextBackbone, tokens: list[int], mask_id: int, top_k: int = 5) -> list[list[tuple[int, float]]]:
     """For each mask position, the ``top_k`` (token, probability) predictions."""
     if model.config.causal:
         raise HeadstartError("fill-mask: this checkpoint is a decoder (causal LM); use generate instead")

@@ -37,6 +37,7 @@ from rich.table import Table
 from tokenizers import Tokenizer
 
 from headstart.config import PrepareConfig
+from headstart.data.extend_vocab import extend_tokenizer
 from headstart.data.shards import ShardWriter, SplitStats, check_out_dir
 from headstart.data.sources import (
     ReadOptions,
@@ -185,9 +186,18 @@ def _check_splits(stats: dict[str, SplitStats], cfg: PrepareConfig, val_inputs: 
 # ----------------------------------------------------------------------------- tokenizer
 
 
+EXTEND_SAMPLE = 200_000  # documents whose words decide a tokenizer extension: frequent words show early
+
+
 def _get_tokenizer(cfg: PrepareConfig, sources: list[Source], options: ReadOptions, hashed: bool) -> Tokenizer:
     if cfg.tokenizer.path:
-        return load_tokenizer(cfg.tokenizer.path)
+        tok = load_tokenizer(cfg.tokenizer.path)
+        if cfg.tokenizer.extend > 0:
+            documents = itertools.islice(iter_documents(sources, options, SkipLog()), EXTEND_SAMPLE)
+            tok = extend_tokenizer(tok, documents, cfg.tokenizer.extend)
+        return tok
+    if cfg.tokenizer.extend > 0:
+        raise HeadstartError("tokenizer.extend: extends a given tokenizer; set tokenizer.path too")
     seen = SkipLog()  # the encoding pass counts skips; this pass only needs them for an empty corpus
     count = 0
 

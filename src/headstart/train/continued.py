@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from headstart.errors import HeadstartError
 from headstart.train import checkpoint as ckpt
 
 LINEAGE = "lineage.json"
@@ -53,3 +57,24 @@ def forgetting(metrics_path: Path) -> tuple[float, float] | None:
 def carried_optimizer(folder: Path, choice: str) -> tuple[dict[str, Any], str] | None:
     """The parent's optimizer state for ``init_optimizer=carry``; None for a fresh optimizer."""
     return (ckpt.load_state(folder)["optimizer"], str(folder)) if choice == "carry" else None
+
+
+def grow_vocabulary(backbone: nn.Module, pieces: dict[int, list[int]]) -> None:
+    """Append an embedding row per new token (and an output row, when untied): the mean of the
+    rows of the old pieces it replaces, so a new token starts where its spelling pointed."""
+    old_size = backbone.embed.num_embeddings
+    if sorted(pieces) != list(range(old_size, old_size + len(pieces))):
+        raise HeadstartError(f"tokenizer: new token ids {sorted(pieces)[:3]}… do not follow the old {old_size}")
+
+    def grown(weight: torch.Tensor) -> nn.Parameter:
+        rows = [weight[ids].mean(0) for _, ids in sorted(pieces.items())]
+        return nn.Parameter(torch.cat([weight, torch.stack(rows)]) if rows else weight.clone())
+
+    with torch.no_grad():
+        embed = nn.Embedding(old_size + len(pieces), backbone.embed.embedding_dim)
+        embed.weight = grown(backbone.embed.weight)
+        backbone.embed = embed
+        if backbone.lm_head is not None:
+            head = nn.Linear(backbone.lm_head.in_features, embed.num_embeddings, bias=False)
+            head.weight = grown(backbone.lm_head.weight)
+            backbone.lm_head = head

@@ -24,8 +24,8 @@ from headstart.data.examples import ExampleBatches
 from headstart.data.labelled import stratified_budget
 from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError, Interrupted
+from headstart.models import TextBackbone
 from headstart.models.heads import head_logits
-from headstart.models.transformer import Transformer
 from headstart.tasks import Task, make_task
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import forward_flops_per_token
@@ -72,7 +72,7 @@ def load_backbone(config: FinetuneConfig) -> tuple[nn.Module, Tokenizer | None]:
 def forward_flops_per_unit(backbone: nn.Module, max_len: int, example: torch.Tensor) -> float:
     """Forward FLOPs per token of a text backbone at ``max_len`` (analytic), or per image of an
     image backbone (counted by torch's flop counter on ``example``, a float batch of images)."""
-    if isinstance(backbone, Transformer):
+    if isinstance(backbone, TextBackbone):
         if max_len > backbone.config.context:
             context = backbone.config.context
             raise HeadstartError(f"task.max_len={max_len}: longer than the model's context of {context}")

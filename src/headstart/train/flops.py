@@ -2,6 +2,12 @@
 
 The peak is measured, never assumed: a square matmul probe in the run's precision, timed by
 median, cached per (device, precision, threads, torch version) so it costs a second once.
+
+Mamba's count per token, independent of the sequence length: its matmuls (in_proj, x_proj,
+dt_proj, out_proj: 2 FLOPs per weight), the depthwise convolution (2·d_conv per inner
+channel), and the selective scan at about ``SCAN_FLOPS`` = 9 per inner channel and state:
+the recurrence's 7 (Δ·A and its exp, Δ·B·x, the update a·h + b, C·h) and the chunked scan's
+carry. torch's FLOP counter counts the matmuls and the convolution, not the scan's elementwise work.
 """
 
 from __future__ import annotations
@@ -11,28 +17,43 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import ModelConfig
-from headstart.models.transformer import mlp_hidden, resolve
+from headstart.models import resolve
+from headstart.models.transformer import mlp_hidden
+
+SCAN_FLOPS = 9  # Mamba's selective scan, per token, inner channel and state
 
 
 def matmul_params(config: ModelConfig) -> int:
     """Parameters that take part in a matmul per token (blocks, not the embedding lookup)."""
     config = resolve(config)
+    if config.kind == "mamba":
+        d, inner = config.n_embd, config.expand * config.n_embd
+        x_proj, dt_proj = inner * (config.dt_rank + 2 * config.d_state), config.dt_rank * inner
+        return config.n_layer * (2 * d * inner + x_proj + dt_proj + inner * d)
     d, hidden = config.n_embd, mlp_hidden(config)
     mlp = d * hidden * (3 if config.mlp == "swiglu" else 2)
     return config.n_layer * (4 * d * d + mlp)
 
 
 def forward_flops_per_token(config: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
-    """Forward FLOPs for one token: 2 per matmul weight, attention scores and mixing, and the
-    output projection (on ``head_fraction`` of the tokens: masked LM only scores masked ones)."""
+    """Forward FLOPs for one token: 2 per matmul weight, attention scores and mixing (Mamba:
+    its convolution and scan instead), and the output projection (on ``head_fraction`` of the
+    tokens: masked LM only scores masked ones)."""
     config = resolve(config)
-    attention = 2 * 2 * config.n_layer * seq_len * config.n_embd  # QK^T and AV (PaLM convention)
     head = 2 * config.n_embd * config.vocab_size * head_fraction
+    if config.kind == "mamba":
+        inner = config.expand * config.n_embd
+        mixing = config.n_layer * inner * (2 * config.d_conv + SCAN_FLOPS * config.d_state)
+        return 2 * matmul_params(config) + mixing + head
+    attention = 2 * 2 * config.n_layer * seq_len * config.n_embd  # QK^T and AV (PaLM convention)
     return 2 * matmul_params(config) + attention + head
 
 
@@ -90,3 +111,12 @@ def peak_flops(dtype: torch.dtype, device: torch.device) -> float:
     except OSError:
         pass  # a read-only home only costs a re-probe next time
     return flops
+
+
+def counted_flops(run: Callable[[], object]) -> float:
+    """FLOPs torch's counter sees while ``run()`` runs, attention included: SDPA goes through its
+    math kernel meanwhile, because the counter has no formula for the fused CPU kernel and would
+    count no attention at all there."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())

@@ -1,5 +1,6 @@
-"""AdamW with decoupled weight decay on weight matrices only (not norms, not biases),
-optionally with a per-parameter learning-rate scale (layer-wise decay when fine-tuning)."""
+"""AdamW with decoupled weight decay on weight matrices only (not norms, not biases, not a
+tensor marked ``_no_weight_decay`` such as Mamba's A_log), optionally with a per-parameter
+learning-rate scale (layer-wise decay when fine-tuning)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def build_optimizer(
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            key = (param.dim() >= 2, lr_scale(name) if lr_scale else 1.0)
+            decay = param.dim() >= 2 and not getattr(param, "_no_weight_decay", False)
+            key = (decay, lr_scale(name) if lr_scale else 1.0)
             groups.setdefault(key, []).append(param)
     return torch.optim.AdamW(
         [
@@ -40,7 +42,8 @@ def build_optimizer(
 def carry_moments(optimizer: torch.optim.Optimizer, carried: dict, source: str) -> None:
     """Start ``optimizer`` from another run's per-parameter AdamW state (moments and step
     counts), keeping this run's hyperparameters: continued pretraining without the first steps
-    of a cold optimizer. The parameters must line up one to one, in the same shapes."""
+    of a cold optimizer. The parameters must line up one to one, in the same shapes, except
+    that rows a grown vocabulary appended start with zero moments."""
     own = optimizer.state_dict()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in own["param_groups"]]
@@ -50,11 +53,18 @@ def carry_moments(optimizer: torch.optim.Optimizer, carried: dict, source: str) 
             f"init_optimizer=carry: {source}'s optimizer has parameter groups of {theirs} tensors; "
             f"this model has {sizes}"
         )
+    states = {}
     for index, state in carried["state"].items():
-        moment = state.get("exp_avg")
-        if moment is not None and moment.shape != params[int(index)].shape:
-            raise HeadstartError(
-                f"init_optimizer=carry: {source}'s optimizer state has shape {tuple(moment.shape)} for parameter "
-                f"{index}; this model's is {tuple(params[int(index)].shape)}"
-            )
-    optimizer.load_state_dict({"state": carried["state"], "param_groups": own["param_groups"]})
+        shape = params[int(index)].shape
+        states[index] = dict(state)
+        for name in ("exp_avg", "exp_avg_sq"):
+            moment = state[name]
+            if moment.shape[1:] == shape[1:] and moment.shape[0] < shape[0]:  # appended vocabulary rows
+                moment = torch.cat([moment, moment.new_zeros(shape[0] - moment.shape[0], *shape[1:])])
+            if moment.shape != shape:
+                raise HeadstartError(
+                    f"init_optimizer=carry: {source}'s optimizer state has shape {tuple(state[name].shape)} for "
+                    f"parameter {index}; this model's is {tuple(shape)}"
+                )
+            states[index][name] = moment
+    optimizer.load_state_dict({"state": states, "param_groups": own["param_groups"]})

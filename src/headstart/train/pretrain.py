@@ -14,13 +14,14 @@ from rich.console import Console
 from tokenizers import Tokenizer
 from torch import nn
 
-from headstart.config import EmbeddingsConfig, PretrainConfig, build, merge, save_yaml, to_dict
+from headstart.config import EmbeddingsConfig, ModelConfig, PretrainConfig, build, merge, save_yaml, to_dict
 from headstart.data.examples import ExampleBatches
+from headstart.data.extend_vocab import check_extends, new_token_pieces
 from headstart.data.shards import TokenShards, open_shards
 from headstart.data.tokenizers import TokenizerInfo, load_tokenizer, tokenizer_info, word_start
 from headstart.data.windows import WindowSampler, eval_windows
 from headstart.errors import HeadstartError
-from headstart.models.transformer import Transformer, resolve
+from headstart.models import TextBackbone, build_backbone, resolve
 from headstart.objectives.base import Objective
 from headstart.objectives.classify import pad_batch
 from headstart.objectives.clm import CausalLM
@@ -29,7 +30,7 @@ from headstart.objectives.mlm import MaskedLM
 from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
 from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
 from headstart.train import checkpoint as ckpt
-from headstart.train.continued import carried_optimizer, forgetting, lineage_of, write_lineage
+from headstart.train.continued import carried_optimizer, forgetting, grow_vocabulary, lineage_of, write_lineage
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.pretrain_images import pretrain_images
@@ -56,9 +57,9 @@ def build_objective(config: PretrainConfig, tokenizer: Tokenizer) -> Objective:
 
 
 def build_model(config: PretrainConfig) -> nn.Module:
-    """What the loop trains: the transformer, or for ELECTRA the pair around it (the
-    transformer is its ``discriminator``)."""
-    backbone = Transformer(config.model)
+    """What the loop trains: the backbone (``model.kind``), or for ELECTRA the pair around it
+    (the backbone is its ``discriminator``)."""
+    backbone = build_backbone(config.model)
     if config.objective.name == "rtd":
         return ElectraPair(backbone, config.objective.generator_layers)
     if config.objective.name == "simcse":
@@ -66,15 +67,15 @@ def build_model(config: PretrainConfig) -> nn.Module:
     return backbone
 
 
-def backbone_of(model: nn.Module) -> Transformer:
-    """The transformer that fine-tuning starts from."""
+def backbone_of(model: nn.Module) -> TextBackbone:
+    """The backbone that fine-tuning starts from."""
     if isinstance(model, ElectraPair):
         return model.discriminator
     return model.backbone if isinstance(model, SentenceEncoder) else model  # type: ignore[return-value]
 
 
 def skipgram_embeddings(
-    backbone: Transformer, shards: TokenShards, settings: EmbeddingsConfig, seed: int
+    backbone: TextBackbone, shards: TokenShards, settings: EmbeddingsConfig, seed: int
 ) -> SkipGramVectors:
     """Train skip-gram over the train split's documents and start the token embedding from it.
 
@@ -102,17 +103,24 @@ def skipgram_embeddings(
     return trained
 
 
+def transformer_passes(config: PretrainConfig) -> list[tuple[ModelConfig, float, float]]:
+    """The transformer passes one training token costs: (shape, share of tokens the vocabulary
+    head scores, how many times). SimCSE runs each sentence twice (GradCache adds a forward of
+    each); ELECTRA adds its generator; masked LM scores only the masked tokens."""
+    m, objective = config.model, config.objective
+    if objective.name == "clm":
+        return [(m, 1.0, 1.0)]
+    if objective.name == "simcse":
+        return [(m, 0.0, 2 * (4 / 3 if objective.chunk > 0 else 1.0))]
+    if objective.name == "mlm":
+        return [(m, objective.mask_prob, 1.0)]
+    return [(m, 0.0, 1.0), (replace(m, n_layer=objective.generator_layers), objective.mask_prob, 1.0)]
+
+
 def pretrain_flops_per_token(config: PretrainConfig) -> float:
     """Training FLOPs per input token, the generator's included for ELECTRA."""
-    m, seq_len, objective = config.model, config.train.seq_len, config.objective
-    if objective.name == "clm":
-        return train_flops_per_token(m, seq_len, 1.0)
-    if objective.name == "simcse":  # two passes per sentence; GradCache adds a forward of each
-        return 2 * train_flops_per_token(m, seq_len, 0.0) * (4 / 3 if objective.chunk > 0 else 1.0)
-    if objective.name == "mlm":
-        return train_flops_per_token(m, seq_len, objective.mask_prob)
-    generator = replace(m, n_layer=objective.generator_layers)
-    return train_flops_per_token(m, seq_len, 0.0) + train_flops_per_token(generator, seq_len, objective.mask_prob)
+    seq_len = config.train.seq_len
+    return sum(times * train_flops_per_token(m, seq_len, head) for m, head, times in transformer_passes(config))
 
 
 def resolve_config(config: PretrainConfig, info: TokenizerInfo) -> PretrainConfig:
@@ -154,21 +162,22 @@ class Continued:
 
 def continue_from(config: PretrainConfig, shards_tokenizer: Path) -> tuple[PretrainConfig, Continued]:
     """``config`` with the model settings of the checkpoint it continues (dropout: its own), and
-    that checkpoint; the tokenizers must be the same."""
+    that checkpoint. The shards' tokenizer is the checkpoint's, or extends it: then the trained
+    embedding grows a row per new token (``grow_vocabulary``)."""
     folder = ckpt.resolve_checkpoint(config.init)
     ckpt.verify(folder)
     source = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
     if source.data.images or not (folder / "tokenizer.json").is_file():
         raise HeadstartError(f"init={config.init}: an image checkpoint; continuing needs a text one")
-    if (folder / "tokenizer.json").read_bytes() != shards_tokenizer.read_bytes():
-        raise HeadstartError(
-            f"init={config.init}: its tokenizer differs from {config.data.shards}'s; prepare the data "
-            "with the checkpoint's tokenizer (tokenizer.path=CHECKPOINT/tokenizer.json)"
-        )
     trained = build_model(source)
     ckpt.load_weights(folder, trained)
-    config = replace(config, model=replace(source.model, dropout=config.model.dropout))
-    return config, Continued(folder, source, backbone_of(trained))
+    backbone = backbone_of(trained)
+    if (folder / "tokenizer.json").read_bytes() != shards_tokenizer.read_bytes():
+        old, new = load_tokenizer(folder / "tokenizer.json"), load_tokenizer(shards_tokenizer)
+        check_extends(old, new, f"data.shards={config.data.shards}")
+        grow_vocabulary(backbone, new_token_pieces(old, new))
+    model = replace(source.model, dropout=config.model.dropout, vocab_size=backbone.embed.num_embeddings)
+    return replace(config, model=model), Continued(folder, source, backbone)
 
 
 def origin_windows(continued: Continued, config: PretrainConfig) -> np.ndarray | None:
@@ -213,8 +222,9 @@ class TrainWindows:
 def describe(model: nn.Module, config: PretrainConfig, console: Console) -> None:
     m, backbone = config.model, backbone_of(model)
     generator = f", generator {config.objective.generator_layers} layers" if config.objective.name == "rtd" else ""
+    mixing = f"Mamba (state {m.d_state}, expand {m.expand})" if m.kind == "mamba" else f"{m.n_head} heads"
     console.print(
-        f"model: {'decoder' if m.causal else 'encoder'} {m.n_layer} layers × {m.n_embd} wide, {m.n_head} heads, "
+        f"model: {'decoder' if m.causal else 'encoder'} {m.n_layer} layers × {m.n_embd} wide, {mixing}, "
         f"context {m.context}, vocab {m.vocab_size} — {backbone.num_params():,} parameters "
         f"({backbone.num_params(embedding=False):,} without the embedding){generator}; "
         f"{pretrain_flops_per_token(config) / 1e6:,.1f} MFLOP/token training",
@@ -318,17 +328,23 @@ def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:
     return model, config, folder
 
 
-def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
-    """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
-    model and data (its directory is removed), so a time budget still gets a complete schedule."""
-    probe_steps = 12
+def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
+    """The loop's own log record (``tokens_per_s``, ``mfu``) over the second half of a short run
+    of ``config`` here, the first half being warm-up; its directory is removed afterwards. The
+    skip-gram warm start and the final evaluation are not what is being timed."""
     probe = build(
         PretrainConfig,
         merge(
             to_dict(config),
             {
-                "train": {"steps": probe_steps, "eval_every": 0, "checkpoint_every": 0, "log_every": probe_steps // 2},
-                "embeddings": {"init": "random"},  # the warm start is not what is being timed
+                "train": {
+                    "steps": steps,
+                    "eval_every": 0,
+                    "checkpoint_every": 0,
+                    "log_every": steps // 2,
+                    "eval_batches": 1,
+                },
+                "embeddings": {"init": "random"},
                 "run": {"name": (config.run.name or "run") + "-calibrate"},
             },
         ),
@@ -340,7 +356,13 @@ def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    tokens_per_s = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-1]  # the warm half
+    return [r for r in records if "tokens_per_s" in r][-1]
+
+
+def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
+    """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
+    model and data, so a time budget still gets a complete schedule."""
+    tokens_per_s = calibrate(config)["tokens_per_s"]
     train = config.train
     tokens_per_sample = 1 if config.data.images else train.seq_len  # an image counts as one
     seconds_per_step = train.batch_size * train.grad_accum * tokens_per_sample / tokens_per_s

@@ -187,8 +187,13 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
         if source == "scratch":
             shown = f"random init, the architecture of `{architecture}`"
         lines.append(f"| {init} | {shown} | " + ", ".join(f"{k} ×{v}" for k, v in sorted(chosen.items())) + " |")
-    path = run_dir / "report.md"
-    tmp = path.with_name(f".report.md.{os.getpid()}")
+    return write_markdown(run_dir / "report.md", lines)
+
+
+def write_markdown(path: Path, lines: list[str]) -> Path:
+    """Write ``lines`` through a temporary sibling and rename it: a crash leaves the previous report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path

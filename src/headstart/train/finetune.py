@@ -17,7 +17,6 @@ import torch
 from rich.console import Console
 from tokenizers import Tokenizer
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import FinetuneConfig, PretrainConfig, TrainConfig, build, save_yaml, to_dict
 from headstart.data.examples import ExampleBatches
@@ -28,7 +27,7 @@ from headstart.models import TextBackbone
 from headstart.models.heads import head_logits
 from headstart.tasks import Task, make_task
 from headstart.train import checkpoint as ckpt
-from headstart.train.flops import forward_flops_per_token
+from headstart.train.flops import counted_flops, forward_flops_per_token
 from headstart.train.frozen_features import knn_votes
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.pretrain import backbone_of, build_model
@@ -79,10 +78,10 @@ def forward_flops_per_unit(backbone: nn.Module, max_len: int, example: torch.Ten
         return forward_flops_per_token(backbone.config, max_len, head_fraction=0.0)
     was_training = backbone.training
     backbone.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        backbone(example.to(next(backbone.parameters()).device))
+    with torch.no_grad():
+        flops = counted_flops(lambda: backbone(example.to(next(backbone.parameters()).device)))
     backbone.train(was_training)
-    return counter.get_total_flops() / len(example)
+    return flops / len(example)
 
 
 def steps_for_epochs(train: TrainConfig, min_epochs: float, examples: int) -> TrainConfig:

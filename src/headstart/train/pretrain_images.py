@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import PretrainConfig, build, save_yaml, to_dict
 from headstart.data.augment import build_views
@@ -28,6 +27,7 @@ from headstart.objectives.contrastive import ContrastiveModel, SimCLR
 from headstart.objectives.mae import MAE, MaskedAutoencoder
 from headstart.train import checkpoint as ckpt
 from headstart.train.continued import carried_optimizer, lineage_of, write_lineage
+from headstart.train.flops import counted_flops
 from headstart.train.frozen_features import frozen_scores
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.run_dir import open_run
@@ -107,11 +107,11 @@ def flops_per_image(model: nn.Module, objective: Objective, sample: torch.Tensor
     (which runs the forward twice)."""
     batch = objective.make_batch(sample, torch.Generator().manual_seed(0))
     model.eval()  # counting must not move batch-norm statistics
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        objective.loss(model, batch)
+    with torch.no_grad():
+        forward = counted_flops(lambda: objective.loss(model, batch))
     model.train()
     passes = 4.0 if getattr(objective, "chunk", 0) > 0 else 3.0
-    return passes * counter.get_total_flops() / len(sample)
+    return passes * forward / len(sample)
 
 
 def eval_subset(images: ImageSet, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,11 +3,12 @@ length for mamba-tiny and gpt-tiny (the same parameter count within 3%).
 
 1. The scan alone at batch 8, length 1,024, 256 inner channels, state 16: seconds for forward
    + backward and for forward only (no graph), the sequential reference against the chunked
-   scan at each chunk length given.
+   scan at each chunk length given (and the steps per chunk it ran: chunks are shortened to
+   CHUNK_ELEMENTS work elements, 32 steps at this shape).
 2. Training tokens/s (forward, backward, AdamW step) of the two recipes' models at context
    256 → 4,096, the same tokens per step at every length (the recipes' 4,096 by default), on
-   random token ids of an 8,192-token vocabulary. mamba-tiny keeps its states for the backward
-   pass: a few GB at 4,096 tokens per step.
+   random token ids of an 8,192-token vocabulary. mamba-tiny's scan keeps one state per chunk
+   for the backward pass, not one per step.
 
 Repeats interleave the variants and medians are taken, because this machine's speed drifts
 over minutes. The last line printed is one JSON object with every figure.
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from headstart.config import ModelConfig, PretrainConfig, load_config
 from headstart.models import build_backbone
-from headstart.models.mamba import selective_scan_chunked, selective_scan_reference
+from headstart.models.mamba import chunk_steps, selective_scan_chunked, selective_scan_reference
 from headstart.objectives.clm import CausalLM
 
 VOCAB = 8192
@@ -88,7 +89,10 @@ def scan_benchmark(shape: tuple[int, int, int, int], chunks: list[int], repeats:
 
         return run
 
-    result: dict[str, object] = {"shape": dict(zip(("batch", "length", "inner", "state"), shape, strict=True))}
+    result: dict[str, object] = {
+        "shape": dict(zip(("batch", "length", "inner", "state"), shape, strict=True)),
+        "steps_per_chunk": {chunk: chunk_steps(chunk, *shape) for chunk in chunks},
+    }
     for mode, wrap in (("forward_backward", train), ("forward", infer)):
         seconds = interleaved({name: wrap(scan) for name, scan in scans.items()}, repeats)
         speedups = {name: seconds["reference"] / s for name, s in seconds.items() if name != "reference"}

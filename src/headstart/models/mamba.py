@@ -7,9 +7,12 @@ out_proj) → residual. Token embeddings are tied to the output projection; the 
 the transformer's (``forward``, ``layer_states``, ``logits``, ``num_params``), so the causal
 objective, fine-tuning and the transfer study take either.
 
-The recurrence has two implementations that agree to float rounding: a sequential
-reference (the definition) and a chunked scan (the default, far fewer sequential steps).
-On CUDA, the optional ``mamba_ssm`` package's fused kernel is used when it imports.
+The recurrence has two implementations that agree to float rounding: a sequential reference
+(the definition, autograd through every step) and a chunked scan, the default. The chunked scan
+does each chunk's decays, inputs and read-outs as whole-chunk tensor operations, leaves one fused
+multiply-add per step, and has a written-out backward pass that keeps one state per chunk instead
+of autograd's several per step. On CUDA, the optional ``mamba_ssm`` package's fused kernel is
+used when it imports.
 """
 
 from __future__ import annotations
@@ -63,6 +66,105 @@ def selective_scan_reference(
     return torch.stack(ys, dim=1) + D * u
 
 
+#: A chunk's work tensors, (steps, batch, inner, state), stay within this many elements (4 MiB in
+#: float32). Longer chunks measured no faster on CPU (their passes stream from memory); much
+#: shorter ones keep more chunk states for the backward pass and make more calls.
+CHUNK_ELEMENTS = 2**20
+
+
+def chunk_steps(chunk: int, batch: int, length: int, inner: int, state: int) -> int:
+    """Steps per chunk that :func:`selective_scan_chunked` runs: ``chunk``, shortened to the
+    sequence and to :data:`CHUNK_ELEMENTS` work elements, at least one."""
+    return max(1, min(chunk, length, CHUNK_ELEMENTS // (batch * inner * state)))
+
+
+def _chunk_states(
+    v: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    start: torch.Tensor,
+    decay: torch.Tensor,
+    inputs: torch.Tensor,
+    states: torch.Tensor,
+) -> torch.Tensor:
+    """One chunk, time-major: its decays exp(Δ A) and inputs v B all at once into ``decay`` and
+    ``inputs``, then each state from ``start`` by one fused multiply-add into ``states``.
+    Returns the last state."""
+    torch.mul(delta[..., None], A, out=decay).exp_()
+    torch.mul(v[..., None], B[:, :, None, :], out=inputs)
+    h = start
+    for t in range(len(states)):
+        h = torch.addcmul(inputs[t], decay[t], h, out=states[t])
+    return h
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """y_t = C_t · h_t over time-major v = Δ·u, Δ: (length, batch, inner), B, C: (length, batch,
+    state). Its backward keeps only each chunk's first state and recomputes the chunk: autograd
+    would keep several (batch, inner, state) tensors for every step."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        v: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        size: int,
+    ) -> torch.Tensor:
+        length, batch, inner = v.shape
+        n_chunks = -(-length // size)
+        starts = v.new_empty(n_chunks, batch, inner, A.size(1))
+        starts[0].zero_()
+        decay, inputs, states = (v.new_empty(size, batch, inner, A.size(1)) for _ in range(3))
+        y = v.new_empty(length, batch, inner)
+        for k in range(n_chunks):
+            t = slice(k * size, (k + 1) * size)
+            steps = len(v[t])
+            h = _chunk_states(v[t], delta[t], A, B[t], starts[k], decay[:steps], inputs[:steps], states[:steps])
+            torch.matmul(C[t, :, None, :], states[:steps].transpose(-1, -2), out=y[t, :, None, :])
+            if k + 1 < n_chunks:
+                starts[k + 1].copy_(h)
+        ctx.save_for_backward(v, delta, A, B, C, starts)
+        ctx.size = size
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        v, delta, A, B, C, starts = ctx.saved_tensors
+        dy = dy.contiguous()
+        batch, inner = v.shape[1:]
+        size, state = ctx.size, A.size(1)
+        dv, ddelta, dB, dC = (torch.empty_like(t) for t in (v, delta, B, C))
+        dA = torch.zeros_like(A)
+        decay, inputs, states, grads = (v.new_empty(size, batch, inner, state) for _ in range(4))
+        later = v.new_zeros(batch, inner, state)  # what the next chunk sends back to this one's last state
+        for k in reversed(range(len(starts))):
+            t = slice(k * size, (k + 1) * size)
+            steps = len(v[t])
+            e, w, h, g = decay[:steps], inputs[:steps], states[:steps], grads[:steps]
+            _chunk_states(v[t], delta[t], A, B[t], starts[k], e, w, h)
+            # g_t = ∂loss/∂h_t = dy_t C_t + exp(Δ_{t+1} A) ⊙ g_{t+1}: the recurrence run backwards.
+            torch.mul(dy[t, :, :, None], C[t, :, None, :], out=g)
+            g[-1] += later
+            for i in range(steps - 2, -1, -1):
+                torch.addcmul(g[i], e[i + 1], g[i + 1], out=g[i])
+            torch.mul(e[0], g[0], out=later)
+            torch.matmul(dy[t, :, None, :], h, out=dC[t, :, None, :])
+            torch.matmul(v[t, :, None, :], g, out=dB[t, :, None, :])
+            torch.matmul(B[t, :, None, :], g.transpose(-1, -2), out=dv[t, :, None, :])
+            # ∂loss/∂(Δ_t A) = g_t ⊙ exp(Δ_t A) h_{t−1} = g_t ⊙ (h_t − v_t B_t), then by the chain rule
+            # to Δ (a sum over states, as one matmul per channel) and to A (a sum over batch and steps).
+            log_decay = h.sub_(w).mul_(g)
+            per_channel = log_decay.view(steps * batch, inner, state).permute(1, 2, 0)
+            ddelta[t] = torch.bmm(A[:, None, :], per_channel).view(inner, steps, batch).permute(1, 2, 0)
+            dA += log_decay.mul_(delta[t, :, :, None]).sum((0, 1))
+        return dv, ddelta, dA, dB, dC, None
+
+
 def selective_scan_chunked(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -72,46 +174,30 @@ def selective_scan_chunked(
     D: torch.Tensor,
     chunk: int = 64,
 ) -> torch.Tensor:
-    """The same recurrence in chunks of ``chunk`` steps, all chunks at once; same arguments
-    as :func:`selective_scan_reference`.
+    """The same recurrence in chunks of at most ``chunk`` steps; same arguments as
+    :func:`selective_scan_reference`, the same values to float rounding, in less time and far
+    less memory.
 
-    1. Every chunk runs from a zero state, the chunks side by side: ``chunk`` sequential
-       steps instead of ``length``, each on all chunks. Alongside, each position's decay
-       from its chunk's start: exp of the cumulative log-decay Σ Δ·A, kept as the running
-       product of the steps' decays.
-    2. The state entering each chunk is carried across the boundaries (one step per chunk),
-       and its read-out, so decayed, is added at every position of the chunk.
+    Per chunk, every step's decay exp(Δ A), input Δ u B and read-out C · h are each one tensor
+    operation over the whole chunk; what stays step by step is one fused multiply-add,
+    h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t u_t B_t, exact and stable whatever the decays. The backward
+    pass is written out (:class:`_ChunkedScan`): it recomputes each chunk from its first state and
+    runs the adjoint recurrence the same way, so a layer keeps length/chunk states, not several
+    tensors per step. Chunks are shortened to :data:`CHUNK_ELEMENTS` work elements.
 
-    Every exponent is ≤ 0 and every decay in (0, 1], so nothing overflows however long the
-    chunk. Mamba-2's segsum (a chunk × chunk decay matrix) does not fit Mamba-1: its decays
-    differ per channel and state, so that matrix would be ``chunk`` times all the states.
+    Not the chunk-parallel closed form of Mamba-2 (SSD), h_t = Σ_s exp(L_t − L_s) Δ_s u_s B_s with
+    L the running sum of Δ A: with a decay per channel and state it is elementwise work, not
+    matmuls, and two passes more over the chunk's tensors than the fused step (slower on CPU, where
+    each pass is bound by memory traffic); and its factors exp(−L_s) overflow once a chunk's Δ·|A|
+    sums past ~88, so chunks would have to shrink wherever decays are fast.
     """
-    batch, length, inner = u.shape
-    size = min(chunk, length)
-    n_chunks = -(-length // size)
-    pad = n_chunks * size - length  # padded steps: Δ = 0, so they neither decay nor add to the state
+    size = chunk_steps(chunk, *u.shape, A.size(1))
 
-    def by_step(t: torch.Tensor) -> torch.Tensor:
-        """(batch, length, k) → (size, n_chunks, batch, k), contiguous: a step of every chunk per slab."""
-        return F.pad(t, (0, 0, 0, pad)).view(batch, n_chunks, size, -1).permute(2, 1, 0, 3).contiguous()
+    def time_major(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(0, 1).contiguous()
 
-    u_c, delta_c, B_c, C_c = (by_step(t) for t in (u, delta, B, C))
-    h = u.new_zeros(n_chunks, batch, inner, A.size(1))
-    from_start = torch.ones_like(h)
-    local, cumulative = [], []
-    for u_t, delta_t, B_t, C_t in zip(u_c.unbind(0), delta_c.unbind(0), B_c.unbind(0), C_c.unbind(0), strict=True):
-        decay = torch.exp(delta_t[..., None] * A)
-        h = torch.addcmul((delta_t * u_t)[..., None] * B_t[..., None, :], decay, h)
-        from_start = from_start * decay
-        local.append((h @ C_t[..., None]).squeeze(-1))
-        cumulative.append(from_start)
-    entering = [u.new_zeros(h.shape[1:])]
-    for total, last in zip(from_start.unbind(0)[:-1], h.unbind(0)[:-1], strict=True):
-        entering.append(torch.addcmul(last, total, entering[-1]))
-    carried = (torch.stack(cumulative) * torch.stack(entering)) @ C_c[..., None]
-    y = torch.stack(local) + carried.squeeze(-1)  # (size, n_chunks, batch, inner)
-    y = y.permute(2, 1, 0, 3).reshape(batch, n_chunks * size, inner)[:, :length]
-    return y + D * u
+    v, delta_t, B_t, C_t = (time_major(t) for t in (delta * u, delta, B, C))
+    return _ChunkedScan.apply(v, delta_t, A, B_t, C_t, size).transpose(0, 1) + D * u
 
 
 @functools.cache

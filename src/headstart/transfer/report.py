@@ -108,6 +108,26 @@ def header(budgets: list[int], unit: str = "") -> list[str]:
     return ["| init | " + " | ".join(f"{b:,}{unit}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
 
 
+SECONDARY_METRICS = {"macro_f1": "macro-F1", "auc": "ROC AUC"}  # shown beside the main metric when every cell has them
+
+
+def metric_rows(table: dict[str, dict[int, list[dict[str, Any]]]], budgets: list[int], metric: str) -> list[str]:
+    """One Markdown row per init: ``metric``'s mean ± 95% interval (n seeds) at each budget."""
+    rows = []
+    for init, by_budget in table.items():
+        cells = []
+        for budget in budgets:
+            values = [scale(metric) * c[metric] for c in by_budget.get(budget, [])]
+            if values:
+                mean, half = mean_and_interval(values)
+                spread = f" ± {half:.1f}" if len(values) > 1 else ""  # one seed has no interval
+                cells.append(f"{mean:.1f}{spread} ({len(values)})")
+            else:
+                cells.append("—")
+        rows.append(f"| {init} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def write_report(run_dir: Path, config: StudyConfig, architecture: str, references: References) -> Path:
     records = read_results(run_dir / "results.jsonl")
     table = grouped(records)
@@ -123,18 +143,12 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
     task = records[0]["task"] if records else "?"
     lines += [f"Task: `{task}`, metric: {metric} on the reported set (mean ± 95% interval over seeds, "
               "n seeds in brackets). Every value is in `results.jsonl`.", "", *header(budgets, " labels")]  # fmt: skip
-    for init, by_budget in table.items():
-        cells = []
-        for budget in budgets:
-            values = [scale(metric) * c["value"] for c in by_budget.get(budget, [])]
-            if values:
-                mean, half = mean_and_interval(values)
-                spread = f" ± {half:.1f}" if len(values) > 1 else ""  # one seed has no interval
-                cells.append(f"{mean:.1f}{spread} ({len(values)})")
-            else:
-                cells.append("—")
-        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    lines += metric_rows(table, budgets, metric)
     lines += ["", "![metric against labels](metric_vs_labels.png)", ""]
+    for other, title in SECONDARY_METRICS.items():
+        if other != metric and records and all(other in r for r in records):
+            lines += [f"The same cells' {title}:", "", *header(budgets, " labels")]
+            lines += [*metric_rows(table, budgets, other), ""]
 
     if scratch and scratch in table:
         scratch_budgets = sorted(table[scratch])

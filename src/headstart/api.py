@@ -211,6 +211,22 @@ def plan(
     return result
 
 
+def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint as a transformers model directory (decoder: Llama, encoder: EuroBERT)
+    with its tokenizer, for ``AutoModelFor*`` / ``AutoTokenizer``; returns ``out``."""
+    from headstart.export import export_hf as _export_hf
+
+    return _export_hf(checkpoint, out)
+
+
+def import_hf(source: str | Path, out: str | Path) -> Path:
+    """A transformers Llama or EuroBERT directory as a checkpoint under ``out`` (a run directory
+    that ``init=`` takes); returns the checkpoint's directory."""
+    from headstart.export import import_hf as _import_hf
+
+    return _import_hf(source, out)
+
+
 def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, console: Console | None = None) -> Path:
     """The whole path offline on the standard library; returns the report's path."""
     from headstart.quickstart import run_quickstart
@@ -221,9 +237,11 @@ def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, consol
 __all__ = [
     "embed",
     "evaluate",
+    "export_hf",
     "fill_mask",
     "finetune",
     "generate",
+    "import_hf",
     "mismatch",
     "plan",
     "prepare",

@@ -28,6 +28,8 @@ examples:
   headstart finetune fmnist init=runs/simclr-fashion_mnist budget=100
   headstart plan --params 10M                            # Chinchilla tokens, FLOPs, wall time here, memory
   headstart plan bert-tiny --hours 2 --out plan.md       # what two hours of training here buy
+  headstart export runs/clm-corpus --to hf --out hf/clm-corpus   # transformers' AutoModelForCausalLM loads it
+  headstart import-hf hf/clm-corpus --out runs/from-hf           # then pretrain / finetune init=runs/from-hf
 """
 
 
@@ -189,6 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
 
     p = verbs.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face transformers model directory",
+        description="A decoder as Llama (AutoModelForCausalLM), an encoder as EuroBERT (AutoModelForMaskedLM), "
+        "with its tokenizer (AutoTokenizer): safetensors, float32, the same logits. Needs transformers ≥ 5.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory or a run directory (its newest checkpoint)")
+    p.add_argument("--to", choices=["hf"], default="hf", help="the format: hf (Hugging Face transformers)")
+    p.add_argument("--out", required=True, help="the directory to write (new or empty)")
+
+    p = verbs.add_parser(
+        "import-hf",
+        help="turn a transformers Llama or EuroBERT directory into a checkpoint for init=",
+        description="Reads config.json, safetensors weights and tokenizer.json; refuses, naming the field, what "
+        "headstart's transformer cannot hold exactly (grouped-query attention, biases, another activation).",
+    )
+    p.add_argument("source", help="a transformers model directory")
+    p.add_argument("--out", required=True, help="the run directory to write (new or empty); init= takes it")
+
+    p = verbs.add_parser(
         "quickstart",
         help="pretrain and evaluate on the Python standard library, offline, in a few minutes",
         description="No downloads: the corpus is this Python installation's own standard library.",
@@ -233,9 +254,10 @@ def _prepare_overrides(args: argparse.Namespace) -> dict:
 def run(argv: Sequence[str] | None = None) -> int:
     from headstart import api
     from headstart.config import merge, parse_overrides
+    from headstart.train.distributed import leave, process_rank
 
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=process_rank() > 0)  # under torchrun, rank 0 speaks for all
     if args.verb is None:
         build_parser().print_help()
         return 0
@@ -302,8 +324,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     elif args.verb == "plan":
         _plan(args, console)
+    elif args.verb == "export":
+        console.print(f"exported: {api.export_hf(args.checkpoint, args.out)}", highlight=False)
+    elif args.verb == "import-hf":
+        console.print(f"checkpoint: {api.import_hf(args.source, args.out)}", highlight=False)
     elif args.verb == "quickstart":
         api.quickstart(args.out, minutes=args.minutes, console=console)
+    leave()
     return 0
 
 

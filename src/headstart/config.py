@@ -154,6 +154,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     threads: int = 0  # 0: torch's default
+    # several processes (torchrun): ddp replicates the model, fsdp shards it (FSDP2); auto: ddp under torchrun
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
 
 
 @dataclass

@@ -29,6 +29,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "medium": (12, 8, 512),  # 38M
     "gpt2-small": (12, 12, 768),  # 85M, 124M with GPT-2's 50,257-token embedding
 }
+RMS_NORM_EPS = 1e-6  # what an exported model's config must repeat (headstart.export)
 
 
 def resolve(config: ModelConfig) -> ModelConfig:
@@ -72,7 +73,7 @@ class Norm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "rmsnorm":
-            return F.rms_norm(x, (x.size(-1),), self.weight, eps=1e-6)
+            return F.rms_norm(x, (x.size(-1),), self.weight, eps=RMS_NORM_EPS)
         return F.layer_norm(x, (x.size(-1),), self.weight, None, eps=1e-5)
 
 

@@ -16,6 +16,10 @@ class Objective(Protocol):
 
     An objective with ``chunk`` > 0 back-propagates itself (GradCache, for large contrastive
     batches): the loop calls ``backward_loss(model, batch, scale)`` instead of ``loss``.
+
+    Split across processes (``train/distributed.py``), a loss that is a mean over a varying
+    number of terms says how many a batch has with ``terms(batch)``; one whose samples are
+    compared with each other (contrastive negatives) sets ``couples_batch = True``.
     """
 
     name: str

@@ -102,6 +102,7 @@ class SimCLR:
     name = "simclr"
     head_fraction = 0.0
     unit = "img"  # throughput counts images
+    couples_batch = True  # the other images of the batch are the negatives: not split across ranks
 
     def __init__(self, views: nn.Module, temperature: float = 0.2, chunk: int = 0) -> None:
         self.views = views
@@ -156,6 +157,7 @@ class SimCSE:
     the two dropout masks make the two views; the other sentences are the negatives."""
 
     name = "simcse"
+    couples_batch = True  # the other sentences of the batch are the negatives: not split across ranks
     head_fraction = 0.0
 
     def __init__(self, pad_id: int, temperature: float = 0.05, chunk: int = 0) -> None:

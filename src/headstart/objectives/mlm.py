@@ -72,5 +72,9 @@ class MaskedLM:
         accuracy = (logits.argmax(-1) == target).float().mean()
         return loss, {"masked_accuracy": accuracy.detach()}
 
+    def terms(self, batch: dict[str, torch.Tensor]) -> int:
+        """Positions the loss averages over (a rank's share of them weighs its loss)."""
+        return int(batch["selected"].sum())
+
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input"].numel()

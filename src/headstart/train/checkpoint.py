@@ -5,7 +5,9 @@ A checkpoint holds ``config.yaml`` (the resolved config), ``model.safetensors``,
 numbers, loaded with ``weights_only=True``), ``metrics.jsonl``, ``compute.json`` (FLOPs
 spent) and ``manifest.json`` (sha256 of every file, so a corrupted or truncated file is
 named instead of silently loaded). It is written to a temporary sibling and renamed into
-place: a crash leaves the previous checkpoint intact.
+place: a crash leaves the previous checkpoint intact. A run of several processes keeps its
+model and optimizer as shards in ``dcp/`` instead of the optimizer in ``state.pt``
+(``distributed.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from headstart.errors import HeadstartError
@@ -47,20 +49,25 @@ def write_checkpoint(
     config: dict[str, Any],
     write_extras: Callable[[Path], None] | None = None,
     keep: int = 0,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``root/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` (0: keep all)."""
+    """Write ``root/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` (0: keep all).
+    ``weights``: the whole state dict gathered from a sharded ``model``, written in its place."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_model(model, str(tmp / "model.safetensors"))  # stores tied (shared) weights once
+        if weights is None:
+            save_model(model, str(tmp / "model.safetensors"))  # stores tied (shared) weights once
+        else:
+            save_gathered(weights, model, tmp / "model.safetensors")
         torch.save(state, tmp / "state.pt")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         if write_extras is not None:
             write_extras(tmp)
-        manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -72,6 +79,21 @@ def write_checkpoint(
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_gathered(weights: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """``weights`` gathered from a sharded ``model``, stored as ``save_model`` stores a model: a
+    tied tensor once, under the first of its names, the others named in the metadata."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+    metadata = {}
+    for group in names.values():
+        kept, *tied = sorted(group)
+        for name in tied:
+            metadata[name] = kept
+            weights.pop(name, None)
+    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(path), metadata=metadata or None)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -56,7 +56,15 @@ def forgetting(metrics_path: Path) -> tuple[float, float] | None:
 
 def carried_optimizer(folder: Path, choice: str) -> tuple[dict[str, Any], str] | None:
     """The parent's optimizer state for ``init_optimizer=carry``; None for a fresh optimizer."""
-    return (ckpt.load_state(folder)["optimizer"], str(folder)) if choice == "carry" else None
+    if choice != "carry":
+        return None
+    state = ckpt.load_state(folder)
+    if "optimizer" not in state:
+        raise HeadstartError(
+            f"init_optimizer=carry: {folder} holds no single-file optimizer state (imported, or sharded by "
+            "several processes); use init_optimizer=fresh"
+        )
+    return state["optimizer"], str(folder)
 
 
 def grow_vocabulary(backbone: nn.Module, pieces: dict[int, list[int]]) -> None:

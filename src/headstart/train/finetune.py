@@ -27,6 +27,7 @@ from headstart.models import TextBackbone
 from headstart.models.heads import head_logits
 from headstart.tasks import Task, make_task
 from headstart.train import checkpoint as ckpt
+from headstart.train.distributed import launched
 from headstart.train.flops import counted_flops, forward_flops_per_token
 from headstart.train.frozen_features import knn_votes
 from headstart.train.loop import LoopResult, train_loop
@@ -112,6 +113,8 @@ def layer_scale(depth: int, decay: float):
 
 def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool = False) -> FinetuneResult:
     console = console or Console(stderr=True)
+    if launched() or config.train.parallel in ("ddp", "fsdp"):  # its best weights are kept whole, in memory
+        raise HeadstartError("train.parallel: fine-tuning runs in one process; start it without torchrun")
     if not config.task.train or not (config.task.eval or config.task.kind == "image"):
         raise HeadstartError("task.train and task.eval: expected labelled data (JSONL records, or images)")
     if config.freeze_backbone and config.readout == "knn" and config.task.kind not in ("classify", "image"):

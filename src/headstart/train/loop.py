@@ -4,7 +4,8 @@ It knows nothing of text or images: a *source* yields deterministic samples by i
 *objective* turns them into a batch and a batch into a loss, an *evaluate* callback scores
 the model. The loop adds AdamW, the schedule, accumulation, clipping, mixed precision,
 periodic evaluation and atomic checkpoints, and resumes exactly: everything random is a
-pure function of the step or is restored from the checkpoint.
+pure function of the step or is restored from the checkpoint. Under torchrun the same loop
+runs on every process, each training on its rows of every global batch (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from headstart.config import OptimConfig, ScheduleConfig, TrainConfig
 from headstart.errors import HeadstartError
 from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
+from headstart.train import distributed
 from headstart.train.flops import peak_flops
 from headstart.train.log import MetricsFile, ProgressDisplay
-from headstart.train.optim import build_optimizer, carry_moments
+from headstart.train.optim import build_optimizer, carried_state
 from headstart.train.schedule import lr_multiplier
 
 
@@ -137,27 +139,36 @@ def train_loop(
     where it came from) that a fresh run starts from instead of zero moments. ``eval_at_start``:
     a fresh run also evaluates before its first step (a continued run's starting point)."""
     console = console or Console(stderr=True)
-    device = pick_device(train.device)
-    dtype = pick_precision(train.precision, device)
+    parallel = distributed.start(train, pick_device(train.device))
+    distributed.refuse_coupled(objective, parallel)
+    device = parallel.device
+    dtype = parallel.from_main(pick_precision(train.precision, device))
     model.to(device)
+    sharded = resume is not None and distributed.is_sharded(resume)
+    if resume is not None and not sharded:
+        ckpt.load_weights(resume, model)
+    wrapped = distributed.wrap(torch.compile(model) if train.compile else model, parallel)
     optimizer = build_optimizer(model, optim, device, lr_scale)
     if carried_optimizer is not None and resume is None:
-        carry_moments(optimizer, *carried_optimizer)
+        distributed.load_optimizer(model, optimizer, carried_state(optimizer, *carried_optimizer))
     step, samples_seen, tokens_seen = 0, 0, 0
     flops_spent, elapsed_before = prior
     if resume is not None:
         state = ckpt.load_state(resume)
-        ckpt.load_weights(resume, model)
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            distributed.load_sharded(resume, model, optimizer)
+        else:
+            distributed.load_optimizer(model, optimizer, state["optimizer"])
         step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
         flops_spent, elapsed_before = state["flops"], state["elapsed_s"]
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-    forward = torch.compile(model) if train.compile else model
     peak = peak_flops(dtype, device)
-    metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step=step if resume is not None else None)
-    progress = ProgressDisplay(console, train.steps, step, quiet=quiet, unit=getattr(objective, "unit", "tok"))
+    resume_step = step if resume is not None else None
+    metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step) if parallel.main else None  # rank 0 writes
+    unit = getattr(objective, "unit", "tok")
+    progress = ProgressDisplay(console, train.steps, step, quiet=quiet or not parallel.main, unit=unit)
     per_step = train.batch_size * train.grad_accum
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
@@ -169,22 +180,22 @@ def train_loop(
     window_extra: dict[str, list[torch.Tensor]] = {}
 
     def save(at_step: int) -> Path:
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "step": at_step,
-            "samples_seen": samples_seen,
-            "tokens_seen": tokens_seen,
-            "flops": flops_spent,
-            "elapsed_s": elapsed_before + time.perf_counter() - start_time,
-            "torch_rng": torch.get_rng_state(),
-        }
+        state = {"optimizer": optimizer.state_dict()} if parallel.mode == "none" else {}  # else: in the shards
+        state.update(
+            step=at_step,
+            samples_seen=samples_seen,
+            tokens_seen=tokens_seen,
+            flops=flops_spent,
+            elapsed_s=elapsed_before + time.perf_counter() - start_time,
+            torch_rng=torch.get_rng_state(),
+        )
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
 
         def extras(folder: Path) -> None:
             if write_extras is not None:
                 write_extras(folder)
-            if metrics.path.exists():
+            if metrics is not None and metrics.path.exists():
                 (folder / "metrics.jsonl").write_bytes(metrics.path.read_bytes())
             compute = {
                 "flops": flops_spent,
@@ -197,19 +208,21 @@ def train_loop(
             }
             (folder / "compute.json").write_text(json.dumps(compute, indent=1), encoding="utf-8")
 
-        return ckpt.write_checkpoint(
-            run_dir / "checkpoints", at_step, model, state, config_dict, extras, keep=train.keep_checkpoints
-        )
+        root, keep = run_dir / "checkpoints", train.keep_checkpoints
+        if parallel.mode == "none":
+            return ckpt.write_checkpoint(root, at_step, model, state, config_dict, extras, keep=keep)
+        return distributed.save_checkpoint(parallel, root, at_step, model, optimizer, state, config_dict, extras, keep)
 
     def run_eval(at_step: int) -> dict[str, float]:
         if evaluate is None:
             return {}
         model.eval()
         with torch.no_grad(), autocast:
-            result = evaluate(model)
+            result = distributed.evaluate(wrapped, model, evaluate)
         model.train()
         elapsed = elapsed_before + time.perf_counter() - start_time
-        metrics.write({"step": at_step, "split": "val", "tokens": tokens_seen, "elapsed_s": elapsed, **result})
+        if metrics is not None:
+            metrics.write({"step": at_step, "split": "val", "tokens": tokens_seen, "elapsed_s": elapsed, **result})
         progress.note(f"step {at_step}  " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 
@@ -225,18 +238,21 @@ def train_loop(
                     group["lr"] = lr * group["lr_scale"]
                 for micro in range(train.grad_accum):
                     raw = source.batch(samples_seen + micro * train.batch_size, train.batch_size)
-                    batch = to_device(objective.make_batch(raw, step_generator(train.seed, step, micro)), device)
-                    if getattr(objective, "chunk", 0) > 0:  # GradCache: the objective back-propagates itself
-                        with autocast:
-                            loss, extra = objective.backward_loss(forward, batch, 1.0 / train.grad_accum)
-                    else:
-                        with autocast:
-                            loss, extra = objective.loss(forward, batch)
-                        (loss / train.grad_accum).backward()
-                    window_losses.append(loss.detach())
+                    full = objective.make_batch(raw, step_generator(train.seed, step, micro))  # the global batch
+                    rows = parallel.rows(full)
+                    batch, weight = to_device(rows, device), parallel.weight(objective, full, rows)
+                    with distributed.accumulating(wrapped, parallel, sync=micro == train.grad_accum - 1):
+                        if getattr(objective, "chunk", 0) > 0:  # GradCache: the objective back-propagates itself
+                            with autocast:
+                                loss, extra = wrapped(objective.backward_loss, batch, 1.0 / train.grad_accum)
+                        else:
+                            with autocast:
+                                loss, extra = wrapped(objective.loss, batch)
+                            (loss * weight / train.grad_accum).backward()
+                    window_losses.append(loss.detach() * weight)
                     for key, value in extra.items():
                         window_extra.setdefault(key, []).append(value)
-                    n_tokens = objective.tokens(batch)
+                    n_tokens = objective.tokens(full)  # all ranks'
                     tokens_seen += n_tokens
                     window_tokens += n_tokens
                     flops_spent += flops_per_token * n_tokens
@@ -249,7 +265,7 @@ def train_loop(
                 step += 1
                 if step % train.log_every == 0 or step == train.steps:
                     now = time.perf_counter()
-                    loss_value = torch.stack(window_losses).float().mean().item()
+                    loss_value = parallel.mean(torch.stack(window_losses).float().mean()).item()
                     if not math.isfinite(loss_value):
                         raise HeadstartError(
                             f"training diverged at step {step} (loss {loss_value}); "
@@ -261,23 +277,25 @@ def train_loop(
                         "step": step,
                         "loss": loss_value,
                         "lr": lr,
-                        "grad_norm": float(grad_norm),
+                        "grad_norm": float(distributed.whole(grad_norm)),
                         "tokens_per_s": tokens_per_s,
                         "mfu": tokens_per_s * flops_per_token / peak,
                         "tokens": tokens_seen,
                         "elapsed_s": elapsed,
                         "eta_s": (train.steps - step) * (now - window_start) / max(1, step - window_step),
-                        **{k: torch.stack(v).float().mean().item() for k, v in window_extra.items()},
+                        **{k: parallel.mean(torch.stack(v).float().mean()).item() for k, v in window_extra.items()},
                     }
-                    metrics.write(record)
+                    if metrics is not None:
+                        metrics.write(record)
                     progress.update(record, train.steps)
                     window_start, window_step, window_tokens, window_losses, window_extra = now, step, 0, [], {}
                 if train.eval_every and step % train.eval_every == 0 and step < train.steps:
                     last_eval = run_eval(step)
                     window_start = time.perf_counter()  # evaluation time is not training throughput
                 out_of_time = train.max_minutes > 0 and time.perf_counter() - start_time > 60 * train.max_minutes
-                if signals or out_of_time:
-                    interrupted = bool(signals)
+                signalled, out_of_time = parallel.any_rank(bool(signals), out_of_time)
+                if signalled or out_of_time:
+                    interrupted = signalled
                     break
                 if train.checkpoint_every and step % train.checkpoint_every == 0 and step < train.steps:
                     last_checkpoint = save(step)

@@ -39,11 +39,11 @@ def build_optimizer(
     )
 
 
-def carry_moments(optimizer: torch.optim.Optimizer, carried: dict, source: str) -> None:
-    """Start ``optimizer`` from another run's per-parameter AdamW state (moments and step
-    counts), keeping this run's hyperparameters: continued pretraining without the first steps
-    of a cold optimizer. The parameters must line up one to one, in the same shapes, except
-    that rows a grown vocabulary appended start with zero moments."""
+def carried_state(optimizer: torch.optim.Optimizer, carried: dict, source: str) -> dict:
+    """The state dict that starts ``optimizer`` from another run's per-parameter AdamW state
+    (moments and step counts), keeping this run's hyperparameters: continued pretraining without
+    the first steps of a cold optimizer. The parameters must line up one to one, in the same
+    shapes, except that rows a grown vocabulary appended start with zero moments."""
     own = optimizer.state_dict()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in own["param_groups"]]
@@ -67,4 +67,4 @@ def carry_moments(optimizer: torch.optim.Optimizer, carried: dict, source: str) 
                     f"parameter {index}; this model's is {tuple(shape)}"
                 )
             states[index][name] = moment
-    optimizer.load_state_dict({"state": states, "param_groups": own["param_groups"]})
+    return {"state": states, "param_groups": own["param_groups"]}

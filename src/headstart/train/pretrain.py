@@ -31,6 +31,7 @@ from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, defaul
 from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
 from headstart.train import checkpoint as ckpt
 from headstart.train.continued import carried_optimizer, forgetting, grow_vocabulary, lineage_of, write_lineage
+from headstart.train.distributed import launched
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.pretrain_images import pretrain_images
@@ -362,6 +363,8 @@ def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
 def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
     """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
     model and data, so a time budget still gets a complete schedule."""
+    if launched():  # every rank would time itself and plan its own schedule
+        raise HeadstartError("--minutes times one process; under torchrun set train.steps instead")
     tokens_per_s = calibrate(config)["tokens_per_s"]
     train = config.train
     tokens_per_sample = 1 if config.data.images else train.seq_len  # an image counts as one

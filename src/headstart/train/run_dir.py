@@ -11,9 +11,17 @@ from rich.console import Console
 from headstart.config import PretrainConfig, to_dict
 from headstart.errors import HeadstartError
 from headstart.train import checkpoint as ckpt
+from headstart.train import distributed
+from headstart.train.loop import pick_device
 
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {("train", "steps"), ("train", "max_minutes"), ("train", "eval_every"), ("train", "log_every")}
+RESUMABLE_CHANGES = {
+    ("train", "steps"),
+    ("train", "max_minutes"),
+    ("train", "eval_every"),
+    ("train", "log_every"),
+    ("train", "parallel"),  # a checkpoint resumes on any number of processes
+}
 
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -33,7 +41,9 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], wher
 
 def open_run(config: PretrainConfig, resume: bool, console: Console) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from (checked against the config), with
-    threads and the seed set: what every pretraining run does before building its model."""
+    threads and the seed set and, under torchrun, the process group started: what every
+    pretraining run does before building its model."""
+    distributed.start(config.train, pick_device(config.train.device))
     run_dir = Path(config.run.out_dir) / config.run.name
     existing = ckpt.list_checkpoints(run_dir / "checkpoints")
     resume_from = None

@@ -1,0 +1,299 @@
+"""Training on several processes launched by torchrun: DDP or FSDP2 inside the one loop.
+
+torchrun starts one process per device and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+``train.parallel`` (``auto``: DDP under torchrun, one process otherwise) picks DDP, which
+replicates the model, or FSDP2, which shards every block's parameters, gradients and optimizer
+state across the ranks. gloo on CPU, NCCL on GPUs (one per local rank).
+
+What keeps a run independent of the number of ranks:
+
+- data: every rank prepares each global micro-batch of the sample order exactly as one process
+  does (``source.batch`` and ``make_batch`` with the step's generator, so masks and
+  augmentations are drawn for the whole batch) and keeps its rows: rank r of W trains on
+  samples r·B/W .. (r+1)·B/W of each micro-batch. Preparing the whole batch costs W× the data
+  work, small beside the model's.
+- loss: each rank's mean loss is weighted by W × its share of the terms the global loss
+  averages (``objective.terms``; by default a fixed number per sample, as in causal LM, MAE
+  and ELECTRA's detection), so the gradient averaged over the ranks is the one-process
+  gradient. Masked LM counts its selected positions and is exact too.
+- metrics: losses are averaged over the ranks; tokens and FLOPs count the global batch.
+- checkpoints: the model and optimizer as ``torch.distributed.checkpoint`` shards (``dcp/``)
+  beside the usual files and a consolidated ``model.safetensors`` gathered on rank 0, so a
+  checkpoint resumes on any number of ranks and every other verb reads it as usual.
+
+Limits: contrastive objectives (SimCLR, SimCSE) are refused, since their loss compares each
+sample with the whole batch; ELECTRA's generator loss is a mean over each rank's own masked
+positions (equal to one process's only when the ranks draw as many); dropout draws from each
+rank's own generator; every rank evaluates the whole validation set; FSDP2 builds the whole
+model on every rank before sharding it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from headstart.config import TrainConfig
+from headstart.errors import HeadstartError
+from headstart.train import checkpoint as ckpt
+
+SHARDED = "dcp"  # the checkpoint's folder of torch.distributed.checkpoint shards
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def launched() -> bool:
+    """Whether torchrun started this process."""
+    return all(name in os.environ for name in TORCHRUN)
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 speaks."""
+    return int(os.environ["RANK"]) if launched() else 0
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How this process takes part in a run: alone (``none``), or as ``rank`` of ``world`` under
+    ``ddp`` or ``fsdp``, on ``device``."""
+
+    mode: str = "none"
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, batch: Any) -> Any:
+        """This rank's rows of a global batch (every tensor's first dimension is the sample)."""
+        if self.world == 1:
+            return batch
+        if isinstance(batch, dict):
+            return {key: self.rows(value) for key, value in batch.items()}
+        local = batch.size(0) // self.world
+        return batch[self.rank * local : (self.rank + 1) * local]
+
+    def weight(self, objective: Any, full: Any, local: Any) -> float:
+        """What this rank's mean loss is multiplied by so that the mean over ranks is the global
+        batch's mean: world × the rank's share of the terms the loss averages."""
+        terms = getattr(objective, "terms", None)
+        if self.world == 1 or terms is None:
+            return 1.0
+        return self.world * terms(local) / max(terms(full), 1)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over the ranks (gloo has no average: a sum, divided)."""
+        if self.mode == "none":
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world
+
+    def any_rank(self, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any rank: all ranks stop at the same step."""
+        if self.mode == "none":
+            return list(flags)
+        raised = torch.tensor(flags, dtype=torch.int32, device=self.device)
+        dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+        return [bool(flag) for flag in raised.tolist()]
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a choice measured per process must agree)."""
+        if self.mode == "none":
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+
+def leave() -> None:
+    """After a finished command, tear the process group down together: a rank that leaves while
+    another still holds its connections aborts the whole launch."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def start(train: TrainConfig, device: torch.device) -> Parallel:
+    """This process's part in the run, with the process group started once (and destroyed at
+    exit) when it runs under torchrun; its device is cuda:LOCAL_RANK on GPUs."""
+    mode = train.parallel
+    if mode == "auto":
+        mode = "ddp" if launched() else "none"
+    if mode == "none":
+        if launched() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise HeadstartError(
+                f"train.parallel=none: torchrun started {os.environ['WORLD_SIZE']} processes; "
+                "set train.parallel=ddp or fsdp (or auto)"
+            )
+        return Parallel(device=device)
+    if not launched():
+        raise HeadstartError(
+            f"train.parallel={mode}: needs torchrun's processes, e.g. "
+            "torchrun --nproc_per_node=2 -m headstart pretrain RECIPE ..."
+        )
+    world = int(os.environ["WORLD_SIZE"])
+    if train.batch_size % world:
+        raise HeadstartError(
+            f"train.batch_size={train.batch_size}: the global batch must split evenly over {world} ranks"
+        )
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        cuda = device.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        atexit.register(dist.destroy_process_group)  # after an error; a finished run calls leave()
+    return Parallel(mode, dist.get_rank(), dist.get_world_size(), device)
+
+
+def refuse_coupled(objective: Any, parallel: Parallel) -> None:
+    """A loss that compares each sample with the whole batch cannot be split across ranks."""
+    if parallel.mode != "none" and getattr(objective, "couples_batch", False):
+        raise HeadstartError(
+            f"objective.name={objective.name}: its loss compares each sample with the whole batch, which "
+            "distributed training does not split; use train.parallel=none (one process)"
+        )
+
+
+class Step(nn.Module):
+    """Runs ``fn(model, *args)`` as its forward. DDP and FSDP2 act around a module's forward, so
+    the objective's whole loss (the vocabulary head, ELECTRA's two networks) runs inside one,
+    and under FSDP2 so does evaluation, with the weights gathered."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.model, *args)
+
+
+def wrap(model: nn.Module, parallel: Parallel) -> nn.Module:
+    """``model`` in a :class:`Step`, replicated by DDP or sharded by FSDP2 (each block of every
+    ``nn.ModuleList``, then the rest as the root)."""
+    step = Step(model)
+    if parallel.mode == "ddp":
+        device_ids = [parallel.device.index] if parallel.device.type == "cuda" else None
+        return DistributedDataParallel(step, device_ids=device_ids)
+    if parallel.mode == "fsdp":
+        with torch.no_grad():  # every rank starts from rank 0's weights, as DDP does
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor.detach(), src=0)
+        mesh = init_device_mesh(parallel.device.type, (parallel.world,))
+        blocks = [block for module in model.modules() if isinstance(module, nn.ModuleList) for block in module]
+        for block in blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(step, mesh=mesh)
+    return step
+
+
+def accumulating(wrapped: nn.Module, parallel: Parallel, sync: bool) -> AbstractContextManager[Any]:
+    """Micro-batches before the last keep their gradients local; the last one synchronises them."""
+    if isinstance(wrapped, FSDPModule):
+        wrapped.set_requires_gradient_sync(sync)
+    elif isinstance(wrapped, DistributedDataParallel) and not sync:
+        return wrapped.no_sync()
+    return contextlib.nullcontext()
+
+
+def whole(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm over sharded gradients is a partial DTensor: its value over all ranks."""
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def evaluate(wrapped: nn.Module, model: nn.Module, fn: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+    """``fn(model)``; under FSDP2 inside the root's forward (where the weights are gathered), the
+    weights sharded again afterwards."""
+    if not isinstance(wrapped, FSDPModule):
+        return fn(model)
+    result = wrapped(fn)
+    wrapped.reshard()
+    return result
+
+
+def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """A one-process optimizer state (tensors by parameter index) into this rank's optimizer:
+    as it is over whole parameters, sharded like them under FSDP2."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        optimizer.load_state_dict(state)
+        return
+    names = {param: name for name, param in model.named_parameters()}
+    order = [names[param] for group in optimizer.param_groups for param in group["params"]]
+    by_name = {
+        "state": {order[index]: values for index, values in state["state"].items()},
+        "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def is_sharded(folder: Path) -> bool:
+    return (folder / SHARDED).is_dir()
+
+
+def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Model and optimizer from a checkpoint's shards, resharded for however many ranks (one
+    process included) this run has."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # one process reading shards is intended here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder / SHARDED)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+
+
+def save_checkpoint(
+    parallel: Parallel,
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    write_extras: Callable[[Path], None],
+    keep: int,
+) -> Path:
+    """Every rank writes its shards to a staging folder; rank 0 gathers the whole weights, moves
+    the shards into its checkpoint and writes it as one process does (atomically)."""
+    staging = root / f".tmp_dcp_step_{step:08d}"
+    if parallel.main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging)
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = root / f"step_{step:08d}"
+    if parallel.main:
+
+        def extras(folder: Path) -> None:
+            staging.rename(folder / SHARDED)
+            write_extras(folder)
+
+        final = ckpt.write_checkpoint(root, step, model, state, config, extras, keep=keep, weights=weights)
+    dist.barrier()
+    return final

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from headstart import api
-from headstart.config import PrepareConfig, TokenizerConfig
+from headstart.config import PrepareConfig, StudyConfig, TokenizerConfig
 from headstart.data.prepare import prepare
 from headstart.errors import HeadstartError
 from headstart.train import checkpoint as ckpt
 from headstart.train.continued import forgetting
+from headstart.transfer.report import compute_section
 from tests.conftest import make_corpus
 
 
@@ -48,6 +49,13 @@ def test_a_continued_checkpoint_records_its_lineage_and_what_the_original_domain
     second = continue_run(tmp_path, domain_shards, first.checkpoint, "dapt-again")
     chain = json.loads((second.checkpoint / "lineage.json").read_text())
     assert [entry["checkpoint"] for entry in chain] == [str(first.checkpoint.resolve()), str(tiny_decoder.resolve())]
+    # a study's compute table charges a continued checkpoint for its ancestors too
+    own = [json.loads((c / "compute.json").read_text())["flops"] for c in (second.checkpoint, first.checkpoint)]
+    total = sum(own) + lineage[0]["flops"]
+    rows = compute_section(
+        {"dapt": {100: [{"sweep_flops": 1e9}]}}, StudyConfig(inits={"dapt": str(second.checkpoint)}), None
+    )
+    assert f"| dapt | {total:.3g} |" in "\n".join(rows) and "(+ 2 earlier runs)" in "\n".join(rows)
 
     # the original domain's validation loss is measured before the first step and at the end
     records = [json.loads(line) for line in (tmp_path / "dapt" / "metrics.jsonl").read_text().splitlines()]

@@ -14,6 +14,7 @@ from typing import Any
 from headstart.config import StudyConfig
 from headstart.plots import plt, save_figure  # plots sets the display-free backend first
 from headstart.train import checkpoint as ckpt
+from headstart.train.continued import LINEAGE, read_json
 from headstart.transfer.efficiency import label_efficiency, steps_to_target
 from headstart.transfer.reference import WordVectors
 from headstart.transfer.study import REFERENCES, References, read_results
@@ -216,8 +217,9 @@ def write_markdown(path: Path, lines: list[str]) -> Path:
 def compute_section(
     table: dict[str, dict[int, list[dict[str, Any]]]], config: StudyConfig, references: References
 ) -> list[str]:
-    """Pretraining FLOPs (the checkpoint's compute.json), fine-tuning FLOPs, and the break-even:
-    how many fine-tuning sweeps the pretraining compute would pay for."""
+    """Pretraining FLOPs (the checkpoint's compute.json, plus its ancestors' for a continued one),
+    fine-tuning FLOPs, and the break-even: how many fine-tuning sweeps the pretraining compute
+    would pay for."""
     lines = ["## Compute", "",
              "| init | pretraining FLOPs | pretraining wall time | fine-tune FLOPs per sweep (mean) | "
              "break-even (sweeps) |", "|---|---|---|---|---|"]  # fmt: skip
@@ -230,10 +232,14 @@ def compute_section(
             vectors: WordVectors = references.vectors()
             wall = f"{vectors.seconds:.0f} s ({vectors.pairs:,} word pairs)"
         elif source not in ("scratch", *REFERENCES):
-            compute_file = ckpt.resolve_checkpoint(source) / "compute.json"
-            if compute_file.is_file():
-                compute = json.loads(compute_file.read_text(encoding="utf-8"))
-                pre_flops, wall = compute["flops"], f"{compute['wall_seconds'] / 60:.1f} min on {compute['device']}"
+            folder = ckpt.resolve_checkpoint(source)
+            compute = read_json(folder / "compute.json")
+            if compute:
+                ancestors = read_json(folder / LINEAGE) or []  # a continued checkpoint also cost its parents
+                pre_flops = compute["flops"] + sum(entry.get("flops") or 0.0 for entry in ancestors)
+                wall = f"{compute['wall_seconds'] / 60:.1f} min on {compute['device']}"
+                if ancestors:
+                    wall += f" (+ {len(ancestors)} earlier run{'s' if len(ancestors) > 1 else ''})"
         break_even = f"{pre_flops / per_sweep:,.0f}" if pre_flops and per_sweep else "—"
         lines.append(f"| {init} | {pre_flops:.3g} | {wall} | {per_sweep:.3g} | {break_even} |")
     lines += ["", "Break-even: pretraining FLOPs over the FLOPs of one fine-tuning sweep — how many extra "

@@ -21,6 +21,7 @@ def test_exact_points_and_values_below_the_curve():
     assert labels_to_match(BUDGETS, SCRATCH, 0.70) == (pytest.approx(1000), False)
     assert labels_to_match(BUDGETS, SCRATCH, 0.50) == (100, False)  # scratch already better: at most 1×
     assert label_efficiency(1000, 0.70, BUDGETS, SCRATCH).multiplier == pytest.approx(1.0)
+    assert str(label_efficiency(100, 0.50, BUDGETS, SCRATCH)) == "≤ 1.0×"
 
 
 def test_never_reached_is_a_lower_bound():

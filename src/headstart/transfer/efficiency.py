@@ -3,7 +3,8 @@
 Label efficiency at budget n: how many labels scratch needs to match what the pretrained
 init reaches with n, read off scratch's curve (mean metric against labels, linear in
 log-labels between measured budgets), as a multiplier of n. When scratch never gets there
-within the budgets measured, the multiplier is a lower bound ("≥").
+within the budgets measured, the multiplier is a lower bound ("≥"); when scratch already
+does better at its smallest budget, an upper bound ("≤").
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ class Efficiency:
     labels_needed: float  # by scratch, to match; the largest budget measured when it is a bound
     multiplier: float  # labels_needed / budget
     lower_bound: bool  # scratch never reached the value: the true multiplier is at least this
+    upper_bound: bool = False  # scratch beats the value at its smallest budget: at most this
 
     def __str__(self) -> str:
-        return f"{'≥ ' if self.lower_bound else ''}{self.multiplier:.1f}×"
+        return f"{'≥ ' if self.lower_bound else '≤ ' if self.upper_bound else ''}{self.multiplier:.1f}×"
 
 
 def labels_to_match(budgets: Sequence[float], scratch: Sequence[float], target: float) -> tuple[float, bool]:
@@ -39,7 +41,8 @@ def labels_to_match(budgets: Sequence[float], scratch: Sequence[float], target: 
 def label_efficiency(budget: float, value: float, budgets: Sequence[float], scratch: Sequence[float]) -> Efficiency:
     """The multiplier of labels scratch needs to match ``value`` reached with ``budget`` labels."""
     needed, bound = labels_to_match(budgets, scratch, value)
-    return Efficiency(needed, needed / budget, bound)
+    below = value < min(zip(budgets, scratch, strict=True))[1]  # under scratch's smallest-budget mean
+    return Efficiency(needed, needed / budget, bound, upper_bound=below)
 
 
 def steps_to_target(steps: Sequence[int], values: Sequence[float], target: float) -> int | None:

@@ -59,6 +59,7 @@ def extend_tokenizer(tok: Tokenizer, documents: Iterable[str], count: int) -> To
     next_id = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     known = set(tok.get_vocab(with_added_tokens=True))
     added: list[str] = []
+    scores = dict(model["vocab"]) if kind == "unigram" else {}  # piece → log-probability
     for word, split in split_words(tok, word_counts(tok, documents), count):
         if len(added) >= count:
             break
@@ -78,7 +79,6 @@ def extend_tokenizer(tok: Tokenizer, documents: Iterable[str], count: int) -> To
             if kind == "wordpiece":
                 model["vocab"][word] = next_id + len(added)
             else:  # unigram: as likely as an average piece of the word, so the whole word wins
-                scores = dict((piece, score) for piece, score in model["vocab"])
                 model["vocab"].append([word, sum(scores[p] for p in split) / len(split)])
             known.add(word)
             added.append(word)

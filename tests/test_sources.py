@@ -132,6 +132,13 @@ def test_jsonl_field_missing_and_non_string(tmp_path: Path) -> None:
     assert skips.examples["missing field 'body'"] == [f"{f}:2"]
 
 
+def test_jsonl_word_lists_are_joined_and_mixed_lists_skipped(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "a.jsonl", [{"tokens": ["Aspirin", "helps", "."]}, {"tokens": ["a", 1]}])
+    skips = SkipLog()
+    assert _read([str(f)], skips, jsonl_field="tokens") == ["Aspirin helps ."]
+    assert skips.counts == {"field 'tokens' is not a string (array)": 1}
+
+
 def test_jsonl_several_fields_give_a_document_each(tmp_path: Path) -> None:
     f = _jsonl(tmp_path / "pairs.jsonl", [{"src": "a cat", "tgt": "eine Katze"}, {"src": "a dog"}])
     skips = SkipLog()

@@ -255,11 +255,14 @@ _JSON_TYPES = {
 
 
 def _field(record: dict[str, Any], name: str, where: str, skips: SkipLog) -> str | None:
-    """The string at ``record[name]``, or None (counted) when it is missing or not a string."""
+    """The string at ``record[name]``, or None (counted) when it is missing or not a string. A
+    list of strings (pre-tokenised words, as in NER datasets) is joined with spaces."""
     if name not in record:
         skips.add(f"missing field {name!r}", where)
         return None
     value = record[name]
+    if isinstance(value, list) and all(isinstance(word, str) for word in value):
+        return " ".join(value)
     if not isinstance(value, str):
         skips.add(f"field {name!r} is not a string ({_JSON_TYPES.get(type(value), type(value).__name__)})", where)
         return None

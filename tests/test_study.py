@@ -1,10 +1,14 @@
 import json
+import shutil
 
 import pytest
+import yaml
 
 from headstart import api
 from headstart.errors import HeadstartError
+from headstart.train.checkpoint import resolve_checkpoint
 from headstart.transfer.report import mean_and_interval
+from headstart.transfer.study import differs_from
 
 
 @pytest.fixture
@@ -136,3 +140,20 @@ def test_a_signal_stops_the_whole_study_and_records_no_half_trained_cell(
     records = (tmp_path / "runs" / "s" / "results.jsonl").read_text().splitlines()
     assert len(records) == 1 and json.loads(records[0])["init"] == "pretrained"
     assert len(calls) == 2  # the study stopped at once instead of going on to the next cell
+
+
+def test_scratch_twin_check_fills_defaults_and_catches_a_different_shape(tmp_path, encoder):
+    """A checkpoint written before a settings field existed is still the same model; another depth is not."""
+
+    def copy_with(name, edit):
+        folder = tmp_path / name / "checkpoints" / "step_00000001"
+        shutil.copytree(resolve_checkpoint(encoder), folder)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        edit(config["model"])
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        return str(tmp_path / name)
+
+    older = copy_with("older", lambda model: model.pop("kind"))
+    deeper = copy_with("deeper", lambda model: model.update(n_layer=model["n_layer"] + 1))
+    assert differs_from(older, str(encoder)) == ""
+    assert differs_from(deeper, str(encoder)) == "model settings"

@@ -18,7 +18,16 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from headstart.config import FinetuneConfig, StudyConfig, TaskConfig, load_config, save_yaml
+from headstart.config import (
+    FinetuneConfig,
+    ModelConfig,
+    StudyConfig,
+    TaskConfig,
+    VisionConfig,
+    build,
+    load_config,
+    save_yaml,
+)
 from headstart.data.images import read_images
 from headstart.data.labelled import LabelledText, iter_task_records, read_labelled_jsonl, stratified_budget
 from headstart.data.sources import ReadOptions, SkipLog, read_documents
@@ -75,9 +84,11 @@ def differs_from(path: str, architecture: str) -> str:
     configs = [ckpt.read_config(f) for f in folders]
     images = [bool(c.get("data", {}).get("images")) for c in configs]
     section = "vision" if images[0] else "model"
-    if images[0] != images[1] or configs[0].get(section) != configs[1].get(section):
+    if images[0] != images[1]:
         return f"{section} settings"
-    return ""
+    # Built with defaults filled in: a checkpoint older than a settings field lacks its key.
+    settings = [build(VisionConfig if images[0] else ModelConfig, c.get(section, {}), section) for c in configs]
+    return f"{section} settings" if settings[0] != settings[1] else ""
 
 
 def check_resumable(run_dir: Path, config: StudyConfig) -> None:

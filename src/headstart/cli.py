@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--field",
         dest="jsonl_field",
-        help="JSONL field holding the text (default: text); a,b: one document per listed field",
+        help="JSONL field holding the text, or a list of words (default: text); a,b: a document per field",
     )
     p.add_argument("--column", dest="parquet_column", help="Parquet column holding the text (default: text)")
     p.add_argument("--val-fraction", type=float, help="share held out for validation (default 0.05)")
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="the target domain's corpus, in the same forms")
     p.add_argument("--checkpoint", help="a text checkpoint or run directory (its newest checkpoint)")
     p.add_argument("--out", help="also write the report here as Markdown")
-    p.add_argument("--field", default="text", help="JSONL field holding the text")
+    p.add_argument("--field", default="text", help="JSONL field holding the text, or a list of words")
     p.add_argument(
         "--text-mode", default="line", choices=["line", "block", "file"], help="a document per line, block, file"
     )

@@ -3,8 +3,8 @@ length for mamba-tiny and gpt-tiny (the same parameter count within 3%).
 
 1. The scan alone at batch 8, length 1,024, 256 inner channels, state 16: seconds for forward
    + backward and for forward only (no graph), the sequential reference against the chunked
-   scan at each chunk length given (and the steps per chunk it ran: chunks are shortened to
-   CHUNK_ELEMENTS work elements, 32 steps at this shape).
+   scan at each chunk length given, compiled (the default; its one-time compilation happens in
+   the warm-up round) and op by op (``compiled=False``).
 2. Training tokens/s (forward, backward, AdamW step) of the two recipes' models at context
    256 → 4,096, the same tokens per step at every length (the recipes' 4,096 by default), on
    random token ids of an 8,192-token vocabulary. mamba-tiny's scan keeps one state per chunk
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from headstart.config import ModelConfig, PretrainConfig, load_config
 from headstart.models import build_backbone
-from headstart.models.mamba import chunk_steps, selective_scan_chunked, selective_scan_reference
+from headstart.models.mamba import selective_scan_chunked, selective_scan_reference
 from headstart.objectives.clm import CausalLM
 
 VOCAB = 8192
@@ -72,7 +72,9 @@ def scan_benchmark(shape: tuple[int, int, int, int], chunks: list[int], repeats:
     inputs = scan_inputs(*shape)
     scans: dict[str, Callable[..., torch.Tensor]] = {"reference": selective_scan_reference}
     for chunk in chunks:
-        scans[f"chunked-{chunk}"] = lambda *a, chunk=chunk: selective_scan_chunked(*a, chunk=chunk)
+        for compiled in (True, False):
+            name = f"{'compiled' if compiled else 'eager'}-{chunk}"
+            scans[name] = lambda *a, chunk=chunk, compiled=compiled: selective_scan_chunked(*a, chunk, compiled)
 
     def train(scan: Callable[..., torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
@@ -91,7 +93,7 @@ def scan_benchmark(shape: tuple[int, int, int, int], chunks: list[int], repeats:
 
     result: dict[str, object] = {
         "shape": dict(zip(("batch", "length", "inner", "state"), shape, strict=True)),
-        "steps_per_chunk": {chunk: chunk_steps(chunk, *shape) for chunk in chunks},
+        "threads": torch.get_num_threads(),
     }
     for mode, wrap in (("forward_backward", train), ("forward", infer)):
         seconds = interleaved({name: wrap(scan) for name, scan in scans.items()}, repeats)
@@ -136,7 +138,7 @@ def throughput_benchmark(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chunks", default="64", help="chunk lengths of the chunked scan, comma-separated")
+    parser.add_argument("--chunks", default="16", help="chunk lengths of the chunked scan, comma-separated")
     parser.add_argument("--lengths", default="256,512,1024,2048,4096")
     parser.add_argument("--tokens-per-step", type=int, default=4096, help="the recipes' 16 × 256")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")

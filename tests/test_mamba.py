@@ -1,15 +1,17 @@
 import json
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._inductor.exc import InductorError
 from torch.utils.flop_counter import FlopCounterMode
 
 from headstart import api
 from headstart.config import ModelConfig, OptimConfig, PretrainConfig, load_config, to_dict
 from headstart.errors import HeadstartError
 from headstart.models import build_backbone
-from headstart.models.mamba import Mamba, selective_scan_chunked, selective_scan_reference
+from headstart.models.mamba import Mamba, _chunk_forward, _Kernel, selective_scan_chunked, selective_scan_reference
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import SCAN_FLOPS, forward_flops_per_token
 from headstart.train.optim import build_optimizer
@@ -31,10 +33,11 @@ def tiny(**fields) -> ModelConfig:
     return ModelConfig(**{"kind": "mamba", "vocab_size": 50, "n_layer": 2, "n_embd": 16, "context": 40, **fields})
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 10, 64])
-def test_chunked_scan_matches_the_reference(chunk):
-    inputs = [t.requires_grad_() for t in scan_inputs(2, 50, 8, 4)]  # 10 divides 50, 7 does not; 64 > 50
-    chunked, reference = selective_scan_chunked(*inputs, chunk=chunk), selective_scan_reference(*inputs)
+@pytest.mark.parametrize(("chunk", "compiled"), [(1, False), (7, True), (10, False), (16, True), (64, False)])
+def test_chunked_scan_matches_the_reference(chunk, compiled):
+    inputs = [t.requires_grad_() for t in scan_inputs(2, 50, 8, 4)]  # 10 divides 50, the others pad; 64 > 50
+    chunked = selective_scan_chunked(*inputs, chunk=chunk, compiled=compiled)
+    reference = selective_scan_reference(*inputs)
     assert (chunked - reference).abs().max() <= 1e-5
     # Its backward pass is written out: every gradient against autograd through the reference.
     weights = torch.randn_like(reference)
@@ -43,10 +46,35 @@ def test_chunked_scan_matches_the_reference(chunk):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [3, 4])
-def test_chunked_scan_gradients(chunk):
+@pytest.mark.parametrize(("chunk", "compiled"), [(3, False), (4, True)])
+def test_chunked_scan_gradients(chunk, compiled):
     inputs = tuple(t.requires_grad_() for t in scan_inputs(2, 6, 2, 3, dtype=torch.float64))  # 3 divides 6, 4 does not
-    assert torch.autograd.gradcheck(lambda *a: selective_scan_chunked(*a, chunk=chunk), inputs)
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_chunked(*a, chunk=chunk, compiled=compiled), inputs)
+
+
+def test_a_scan_kernel_that_fails_to_compile_runs_eagerly_after_one_warning():
+    def no_compiler(*args):
+        raise InductorError(RuntimeError("InvalidCxxCompiler: no working C++ compiler found"), None)
+
+    kernel = _Kernel(_chunk_forward)
+    kernel.compiled = no_compiler
+    u, delta, A, B, C, _ = scan_inputs(3, 5, 4, 2)
+    chunk = (
+        torch.zeros(3, 4, 2),
+        (delta * u).transpose(0, 1),
+        delta.transpose(0, 1),
+        A,
+        B.transpose(0, 1),
+        C.transpose(0, 1),
+    )
+    with pytest.warns(UserWarning, match="torch.compile failed .*no working C\\+\\+ compiler found.*eagerly"):
+        y, h = kernel(True, *chunk)
+    assert kernel.compiled is None
+    expected_y, expected_h = _chunk_forward(*chunk)
+    assert torch.equal(y, expected_y) and torch.equal(h, expected_h)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        kernel(True, *chunk)
 
 
 def test_mamba_is_causal_and_ignores_right_padding():

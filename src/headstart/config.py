@@ -48,7 +48,8 @@ class ModelConfig:
     d_conv: int = 4  # mamba: width of the causal depthwise convolution
     expand: int = 2  # mamba: inner width = expand · n_embd
     dt_rank: int = 0  # mamba: rank of the step-size projection; 0: ceil(n_embd / 16)
-    scan_chunk: int = 64  # mamba: chunk length of the parallel scan
+    scan_chunk: int = 16  # mamba: steps per chunk of the scan (one compiled loop each)
+    scan_compiled: bool = True  # mamba: torch.compile the scan's chunks (false: op by op, no compiler needed)
 
 
 @dataclass

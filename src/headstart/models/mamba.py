@@ -9,16 +9,17 @@ objective, fine-tuning and the transfer study take either.
 
 The recurrence has two implementations that agree to float rounding: a sequential reference
 (the definition, autograd through every step) and a chunked scan, the default. The chunked scan
-does each chunk's decays, inputs and read-outs as whole-chunk tensor operations, leaves one fused
-multiply-add per step, and has a written-out backward pass that keeps one state per chunk instead
-of autograd's several per step. On CUDA, the optional ``mamba_ssm`` package's fused kernel is
-used when it imports.
+runs each chunk of steps as one loop that ``torch.compile`` fuses, the state kept in registers
+(op by op where compiling is off or fails), and has a written-out backward pass that keeps one
+state per chunk instead of autograd's several per step. On CUDA, the optional ``mamba_ssm``
+package's fused kernel is used when it imports.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -66,43 +67,93 @@ def selective_scan_reference(
     return torch.stack(ys, dim=1) + D * u
 
 
-#: A chunk's work tensors, (steps, batch, inner, state), stay within this many elements (4 MiB in
-#: float32). Longer chunks measured no faster on CPU (their passes stream from memory); much
-#: shorter ones keep more chunk states for the backward pass and make more calls.
-CHUNK_ELEMENTS = 2**20
+def _chunk_forward(
+    h: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk, time-major (v, delta: (steps, batch, inner); B, C: (steps, batch, state)), from
+    the state ``h`` (batch, inner, state): the read-outs y (steps, batch, inner) and the last state.
+    Written step by step, so that the compiler fuses the whole chunk into one loop over (batch,
+    channel) that keeps the state, one vector of ``state`` lanes, in registers."""
+    ys = []
+    for t in range(v.size(0)):
+        h = torch.exp(delta[t, :, :, None] * A) * h + v[t, :, :, None] * B[t, :, None, :]
+        ys.append((h * C[t, :, None, :]).sum(-1))
+    return torch.stack(ys), h
 
 
-def chunk_steps(chunk: int, batch: int, length: int, inner: int, state: int) -> int:
-    """Steps per chunk that :func:`selective_scan_chunked` runs: ``chunk``, shortened to the
-    sequence and to :data:`CHUNK_ELEMENTS` work elements, at least one."""
-    return max(1, min(chunk, length, CHUNK_ELEMENTS // (batch * inner * state)))
-
-
-def _chunk_states(
+def _chunk_backward(
+    h: torch.Tensor,
     v: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
     B: torch.Tensor,
-    start: torch.Tensor,
-    decay: torch.Tensor,
-    inputs: torch.Tensor,
-    states: torch.Tensor,
-) -> torch.Tensor:
-    """One chunk, time-major: its decays exp(Δ A) and inputs v B all at once into ``decay`` and
-    ``inputs``, then each state from ``start`` by one fused multiply-add into ``states``.
-    Returns the last state."""
-    torch.mul(delta[..., None], A, out=decay).exp_()
-    torch.mul(v[..., None], B[:, :, None, :], out=inputs)
-    h = start
-    for t in range(len(states)):
-        h = torch.addcmul(inputs[t], decay[t], h, out=states[t])
-    return h
+    C: torch.Tensor,
+    dy: torch.Tensor,
+    g: torch.Tensor,
+    dA: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The chunk of :func:`_chunk_forward` backwards: it recomputes the chunk's states from its
+    first one, ``h``, then runs the adjoint recurrence g_t = ∂loss/∂h_t = dy_t C_t + exp(Δ_{t+1} A)
+    ⊙ g_{t+1} from ``g`` (what later chunks send back to its last state). ``dA`` (batch, inner,
+    state) accumulates A's gradient before the sum over the batch. Returns dv, dΔ, dA, dB, dC and
+    what goes back to the previous chunk's last state."""
+    states = [h]
+    for t in range(v.size(0)):
+        states.append(torch.exp(delta[t, :, :, None] * A) * states[-1] + v[t, :, :, None] * B[t, :, None, :])
+    dv, ddelta, dB, dC = ([None] * v.size(0) for _ in range(4))
+    for t in reversed(range(v.size(0))):
+        g = g + dy[t, :, :, None] * C[t, :, None, :]
+        dC[t] = (dy[t, :, :, None] * states[t + 1]).sum(1)
+        dB[t] = (v[t, :, :, None] * g).sum(1)
+        dv[t] = (B[t, :, None, :] * g).sum(-1)
+        decay = torch.exp(delta[t, :, :, None] * A)  # recomputed: cheaper here than kept per step
+        log_decay = g * decay * states[t]  # ∂loss/∂(Δ_t A)
+        ddelta[t] = (log_decay * A).sum(-1)
+        dA = dA + log_decay * delta[t, :, :, None]
+        g = decay * g
+    return torch.stack(dv), torch.stack(ddelta), dA, torch.stack(dB), torch.stack(dC), g
+
+
+_COMPILE_FAILURES = (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError)
+
+
+class _Kernel:
+    """A chunk function run through ``torch.compile`` (Inductor: C++ on CPU, Triton on CUDA), or
+    as plain PyTorch operations where compiling fails (no C++ compiler, say): the same numbers,
+    op by op. The failure is reported once, then this kernel stays eager. Each chunk length,
+    dtype and device compiles once (a few seconds); past torch's recompile limit, new ones run
+    eagerly, as torch.compile does."""
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        self.eager = fn
+        self.compiled: Callable[..., tuple[torch.Tensor, ...]] | None = torch.compile(fn)
+
+    def __call__(self, compiled: bool, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not (compiled and self.compiled):
+            return self.eager(*args)
+        try:
+            return self.compiled(*args)
+        except _COMPILE_FAILURES as error:
+            self.compiled = None
+            reason = str(error).strip().splitlines()[-1]
+            warnings.warn(f"mamba scan: torch.compile failed ({reason}); running the scan eagerly", stacklevel=2)
+            return self.eager(*args)
+
+
+_FORWARD, _BACKWARD = _Kernel(_chunk_forward), _Kernel(_chunk_backward)
+
+
+def _chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """``x`` cut along time into chunks of ``size`` steps, each a tensor of its own: the compiled
+    kernels then see the same shape, offset and flags at every call and compile once."""
+    return [piece.clone() for piece in x.detach().split(size)]
 
 
 class _ChunkedScan(torch.autograd.Function):
     """y_t = C_t · h_t over time-major v = Δ·u, Δ: (length, batch, inner), B, C: (length, batch,
-    state). Its backward keeps only each chunk's first state and recomputes the chunk: autograd
-    would keep several (batch, inner, state) tensors for every step."""
+    state), the length a whole number of chunks. Keeps each chunk's first state for the backward
+    pass, which recomputes the chunk: autograd would keep several (batch, inner, state) tensors
+    for every step."""
 
     @staticmethod
     def forward(
@@ -113,58 +164,33 @@ class _ChunkedScan(torch.autograd.Function):
         B: torch.Tensor,
         C: torch.Tensor,
         size: int,
+        compiled: bool,
     ) -> torch.Tensor:
-        length, batch, inner = v.shape
-        n_chunks = -(-length // size)
-        starts = v.new_empty(n_chunks, batch, inner, A.size(1))
-        starts[0].zero_()
-        decay, inputs, states = (v.new_empty(size, batch, inner, A.size(1)) for _ in range(3))
-        y = v.new_empty(length, batch, inner)
-        for k in range(n_chunks):
-            t = slice(k * size, (k + 1) * size)
-            steps = len(v[t])
-            h = _chunk_states(v[t], delta[t], A, B[t], starts[k], decay[:steps], inputs[:steps], states[:steps])
-            torch.matmul(C[t, :, None, :], states[:steps].transpose(-1, -2), out=y[t, :, None, :])
-            if k + 1 < n_chunks:
-                starts[k + 1].copy_(h)
-        ctx.save_for_backward(v, delta, A, B, C, starts)
-        ctx.size = size
-        return y
+        h = v.new_zeros(v.size(1), v.size(2), A.size(1))
+        starts, ys = [], []
+        for v_k, delta_k, B_k, C_k in zip(*(_chunks(x, size) for x in (v, delta, B, C)), strict=True):
+            starts.append(h)
+            y, h = _FORWARD(compiled, h, v_k, delta_k, A.detach(), B_k, C_k)
+            ys.append(y)
+        ctx.save_for_backward(v, delta, A, B, C, *starts)
+        ctx.size, ctx.compiled = size, compiled
+        return torch.cat(ys)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        v, delta, A, B, C, starts = ctx.saved_tensors
-        dy = dy.contiguous()
-        batch, inner = v.shape[1:]
-        size, state = ctx.size, A.size(1)
-        dv, ddelta, dB, dC = (torch.empty_like(t) for t in (v, delta, B, C))
-        dA = torch.zeros_like(A)
-        decay, inputs, states, grads = (v.new_empty(size, batch, inner, state) for _ in range(4))
-        later = v.new_zeros(batch, inner, state)  # what the next chunk sends back to this one's last state
-        for k in reversed(range(len(starts))):
-            t = slice(k * size, (k + 1) * size)
-            steps = len(v[t])
-            e, w, h, g = decay[:steps], inputs[:steps], states[:steps], grads[:steps]
-            _chunk_states(v[t], delta[t], A, B[t], starts[k], e, w, h)
-            # g_t = ∂loss/∂h_t = dy_t C_t + exp(Δ_{t+1} A) ⊙ g_{t+1}: the recurrence run backwards.
-            torch.mul(dy[t, :, :, None], C[t, :, None, :], out=g)
-            g[-1] += later
-            for i in range(steps - 2, -1, -1):
-                torch.addcmul(g[i], e[i + 1], g[i + 1], out=g[i])
-            torch.mul(e[0], g[0], out=later)
-            torch.matmul(dy[t, :, None, :], h, out=dC[t, :, None, :])
-            torch.matmul(v[t, :, None, :], g, out=dB[t, :, None, :])
-            torch.matmul(B[t, :, None, :], g.transpose(-1, -2), out=dv[t, :, None, :])
-            # ∂loss/∂(Δ_t A) = g_t ⊙ exp(Δ_t A) h_{t−1} = g_t ⊙ (h_t − v_t B_t), then by the chain rule
-            # to Δ (a sum over states, as one matmul per channel) and to A (a sum over batch and steps).
-            log_decay = h.sub_(w).mul_(g)
-            per_channel = log_decay.view(steps * batch, inner, state).permute(1, 2, 0)
-            ddelta[t] = torch.bmm(A[:, None, :], per_channel).view(inner, steps, batch).permute(1, 2, 0)
-            dA += log_decay.mul_(delta[t, :, :, None]).sum((0, 1))
-        return dv, ddelta, dA, dB, dC, None
+        v, delta, A, B, C, *starts = ctx.saved_tensors
+        chunks = zip(*(_chunks(x, ctx.size) for x in (v, delta, B, C, dy)), strict=True)
+        g, dA = torch.zeros_like(starts[0]), torch.zeros_like(starts[0])
+        grads = []
+        for start, (v_k, delta_k, B_k, C_k, dy_k) in reversed(list(zip(starts, chunks, strict=True))):
+            dv, ddelta, dA, dB, dC, g = _BACKWARD(ctx.compiled, start, v_k, delta_k, A.detach(), B_k, C_k, dy_k, g, dA)
+            grads.append((dv, ddelta, dB, dC))
+        dv, ddelta, dB, dC = (torch.cat(part[::-1]) for part in zip(*grads, strict=True))
+        return dv, ddelta, dA.sum(0), dB, dC, None, None
 
 
+@torch.compiler.disable  # a model compiled whole calls the scan's own compiled chunks, not one unrolled graph
 def selective_scan_chunked(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -172,32 +198,35 @@ def selective_scan_chunked(
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor,
-    chunk: int = 64,
+    chunk: int = 16,
+    compiled: bool = True,
 ) -> torch.Tensor:
-    """The same recurrence in chunks of at most ``chunk`` steps; same arguments as
-    :func:`selective_scan_reference`, the same values to float rounding, in less time and far
-    less memory.
+    """The same recurrence in chunks of ``chunk`` steps; same arguments as
+    :func:`selective_scan_reference`, the same values to float rounding, in a fraction of the time
+    and memory.
 
-    Per chunk, every step's decay exp(Δ A), input Δ u B and read-out C · h are each one tensor
-    operation over the whole chunk; what stays step by step is one fused multiply-add,
-    h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t u_t B_t, exact and stable whatever the decays. The backward
-    pass is written out (:class:`_ChunkedScan`): it recomputes each chunk from its first state and
-    runs the adjoint recurrence the same way, so a layer keeps length/chunk states, not several
-    tensors per step. Chunks are shortened to :data:`CHUNK_ELEMENTS` work elements.
+    Each chunk is one call of a function written step by step (:func:`_chunk_forward`) that
+    ``torch.compile`` turns into one fused loop: the state stays in registers across the chunk's
+    steps and the decays exp(Δ A) are never stored, where eager PyTorch makes a pass over memory
+    for every operation of every step. The backward pass is written out the same way
+    (:func:`_chunk_backward`): it recomputes each chunk from its first state and runs the adjoint
+    recurrence, so a layer keeps length/chunk states, not several tensors per step. The sequence
+    is padded to whole chunks with Δ = 0 and u = 0 (decay one, no input: the state carries over).
+    ``compiled=False``, or a machine where compiling fails, runs the same chunk functions op by op.
 
     Not the chunk-parallel closed form of Mamba-2 (SSD), h_t = Σ_s exp(L_t − L_s) Δ_s u_s B_s with
     L the running sum of Δ A: with a decay per channel and state it is elementwise work, not
-    matmuls, and two passes more over the chunk's tensors than the fused step (slower on CPU, where
-    each pass is bound by memory traffic); and its factors exp(−L_s) overflow once a chunk's Δ·|A|
-    sums past ~88, so chunks would have to shrink wherever decays are fast.
+    matmuls, and its factors exp(−L_s) overflow once a chunk's Δ·|A| sums past ~88.
     """
-    size = chunk_steps(chunk, *u.shape, A.size(1))
+    length = u.size(1)
+    pad = -length % chunk
 
     def time_major(t: torch.Tensor) -> torch.Tensor:
-        return t.transpose(0, 1).contiguous()
+        return F.pad(t.transpose(0, 1), (0, 0, 0, 0, 0, pad)).contiguous()
 
     v, delta_t, B_t, C_t = (time_major(t) for t in (delta * u, delta, B, C))
-    return _ChunkedScan.apply(v, delta_t, A, B_t, C_t, size).transpose(0, 1) + D * u
+    y = _ChunkedScan.apply(v, delta_t, A, B_t, C_t, chunk, compiled)
+    return y[:length].transpose(0, 1) + D * u
 
 
 @functools.cache
@@ -218,11 +247,12 @@ def selective_scan(
     C: torch.Tensor,
     D: torch.Tensor,
     chunk: int,
+    compiled: bool,
 ) -> torch.Tensor:
     """The fused kernel for CUDA tensors when ``mamba_ssm`` is installed, else the chunked scan."""
     kernel = cuda_scan() if u.is_cuda else None
     if kernel is None:
-        return selective_scan_chunked(u, delta, A, B, C, D, chunk)
+        return selective_scan_chunked(u, delta, A, B, C, D, chunk, compiled)
     y = kernel(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D)
     return y.transpose(1, 2)  # its layout is (batch, channels, length)
 
@@ -233,7 +263,8 @@ class SelectiveSSM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         inner = config.expand * config.n_embd
-        self.d_state, self.dt_rank, self.chunk = config.d_state, config.dt_rank, config.scan_chunk
+        self.d_state, self.dt_rank = config.d_state, config.dt_rank
+        self.chunk, self.compiled = config.scan_chunk, config.scan_compiled
         self.in_proj = nn.Linear(config.n_embd, 2 * inner, bias=False)
         self.conv = nn.Conv1d(inner, inner, config.d_conv, groups=inner)
         self.x_proj = nn.Linear(inner, config.dt_rank + 2 * config.d_state, bias=False)
@@ -269,7 +300,7 @@ class SelectiveSSM(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             delta = F.softplus(F.linear(dt.float(), self.dt_proj.weight.float(), self.dt_proj.bias.float()))
             A = -torch.exp(self.A_log.float())
-            y = selective_scan(x.float(), delta, A, B.float(), C.float(), self.D.float(), self.chunk)
+            y = selective_scan(x.float(), delta, A, B.float(), C.float(), self.D.float(), self.chunk, self.compiled)
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
 

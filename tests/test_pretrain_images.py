@@ -11,7 +11,7 @@ from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
 from headstart.models.vision import build_vision
 from headstart.train import pretrain_images as module
-from headstart.train.frozen_features import frozen_scores, knn_accuracy
+from headstart.train.frozen_features import frozen_scores, knn_accuracy, knn_votes
 from tests.conftest import two_class_images
 
 TINY = [
@@ -86,6 +86,9 @@ def test_knn_votes_by_similarity():
     test = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
     assert knn_accuracy(fit, labels, test, torch.tensor([0, 1]), k=1) == 1.0
     assert knn_accuracy(fit, labels, test, torch.tensor([1, 0]), k=1) == 0.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # evaluations run under the training's autocast
+        under_bf16 = knn_votes(fit, labels, test, 2, k=3)
+    assert under_bf16.dtype == torch.float32 and torch.equal(under_bf16, knn_votes(fit, labels, test, 2, k=3))
 
 
 def test_simclr_with_gradcache_trains_through_the_loop_and_counts_the_extra_forward(tmp_path):

@@ -21,14 +21,16 @@ def knn_votes(
     temperature: float = 0.07,
 ) -> torch.Tensor:  # fmt: skip
     """(N, n_classes) votes: each query feature's k most cosine-similar fit features vote for
-    their labels, weighted by exp(similarity / temperature); rows sum to 1."""
+    their labels, weighted by exp(similarity / temperature); rows sum to 1. In float32 whatever
+    the autocast it is called under (evaluations run under the training's)."""
     fit, query = F.normalize(fit.float(), dim=1), F.normalize(query.float(), dim=1)
     votes = torch.zeros(len(query), n_classes)
-    for first in range(0, len(query), 1024):
-        similarity = query[first : first + 1024] @ fit.T
-        top, index = similarity.topk(min(k, len(fit)), dim=1)
-        weights = ((top - top[:, :1]) / temperature).exp()  # shifted by the row's best: no overflow
-        votes[first : first + 1024].scatter_add_(1, fit_labels[index], weights)
+    with torch.autocast(fit.device.type, enabled=False):
+        for first in range(0, len(query), 1024):
+            similarity = query[first : first + 1024] @ fit.T
+            top, index = similarity.topk(min(k, len(fit)), dim=1)
+            weights = ((top - top[:, :1]) / temperature).exp()  # shifted by the row's best: no overflow
+            votes[first : first + 1024].scatter_add_(1, fit_labels[index], weights)
     return votes / votes.sum(1, keepdim=True)
 
 

@@ -70,15 +70,15 @@ def selective_scan_reference(
 def _chunk_forward(
     h: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk, time-major (v, delta: (steps, batch, inner); B, C: (steps, batch, state)), from
-    the state ``h`` (batch, inner, state): the read-outs y (steps, batch, inner) and the last state.
+    """One chunk (v, delta: (batch, steps, inner); B, C: (batch, steps, state)) from the state
+    ``h`` (batch, inner, state): the read-outs y (batch, steps, inner) and the last state.
     Written step by step, so that the compiler fuses the whole chunk into one loop over (batch,
     channel) that keeps the state, one vector of ``state`` lanes, in registers."""
     ys = []
-    for t in range(v.size(0)):
-        h = torch.exp(delta[t, :, :, None] * A) * h + v[t, :, :, None] * B[t, :, None, :]
-        ys.append((h * C[t, :, None, :]).sum(-1))
-    return torch.stack(ys), h
+    for t in range(v.size(1)):
+        h = torch.exp(delta[:, t, :, None] * A) * h + v[:, t, :, None] * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1))
+    return torch.stack(ys, dim=1), h
 
 
 def _chunk_backward(
@@ -98,20 +98,20 @@ def _chunk_backward(
     state) accumulates A's gradient before the sum over the batch. Returns dv, dΔ, dA, dB, dC and
     what goes back to the previous chunk's last state."""
     states = [h]
-    for t in range(v.size(0)):
-        states.append(torch.exp(delta[t, :, :, None] * A) * states[-1] + v[t, :, :, None] * B[t, :, None, :])
-    dv, ddelta, dB, dC = ([None] * v.size(0) for _ in range(4))
-    for t in reversed(range(v.size(0))):
-        g = g + dy[t, :, :, None] * C[t, :, None, :]
-        dC[t] = (dy[t, :, :, None] * states[t + 1]).sum(1)
-        dB[t] = (v[t, :, :, None] * g).sum(1)
-        dv[t] = (B[t, :, None, :] * g).sum(-1)
-        decay = torch.exp(delta[t, :, :, None] * A)  # recomputed: cheaper here than kept per step
+    for t in range(v.size(1)):
+        states.append(torch.exp(delta[:, t, :, None] * A) * states[-1] + v[:, t, :, None] * B[:, t, None, :])
+    dv, ddelta, dB, dC = ([None] * v.size(1) for _ in range(4))
+    for t in reversed(range(v.size(1))):
+        g = g + dy[:, t, :, None] * C[:, t, None, :]
+        dC[t] = (dy[:, t, :, None] * states[t + 1]).sum(1)
+        dB[t] = (v[:, t, :, None] * g).sum(1)
+        dv[t] = (B[:, t, None, :] * g).sum(-1)
+        decay = torch.exp(delta[:, t, :, None] * A)  # recomputed: cheaper here than kept per step
         log_decay = g * decay * states[t]  # ∂loss/∂(Δ_t A)
         ddelta[t] = (log_decay * A).sum(-1)
-        dA = dA + log_decay * delta[t, :, :, None]
+        dA = dA + log_decay * delta[:, t, :, None]
         g = decay * g
-    return torch.stack(dv), torch.stack(ddelta), dA, torch.stack(dB), torch.stack(dC), g
+    return (*(torch.stack(x, dim=1) for x in (dv, ddelta)), dA, *(torch.stack(x, dim=1) for x in (dB, dC)), g)
 
 
 _COMPILE_FAILURES = (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError)
@@ -143,17 +143,11 @@ class _Kernel:
 _FORWARD, _BACKWARD = _Kernel(_chunk_forward), _Kernel(_chunk_backward)
 
 
-def _chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """``x`` cut along time into chunks of ``size`` steps, each a tensor of its own: the compiled
-    kernels then see the same shape, offset and flags at every call and compile once."""
-    return [piece.clone() for piece in x.detach().split(size)]
-
-
 class _ChunkedScan(torch.autograd.Function):
-    """y_t = C_t · h_t over time-major v = Δ·u, Δ: (length, batch, inner), B, C: (length, batch,
-    state), the length a whole number of chunks. Keeps each chunk's first state for the backward
-    pass, which recomputes the chunk: autograd would keep several (batch, inner, state) tensors
-    for every step."""
+    """y_t = C_t · h_t over v = Δ·u and Δ: (batch, length, inner), B, C: (batch, length, state),
+    the length a whole number of chunks. Keeps each chunk's first state for the backward pass,
+    which recomputes the chunk: autograd would keep several (batch, inner, state) tensors for
+    every step."""
 
     @staticmethod
     def forward(
@@ -166,31 +160,34 @@ class _ChunkedScan(torch.autograd.Function):
         size: int,
         compiled: bool,
     ) -> torch.Tensor:
-        h = v.new_zeros(v.size(1), v.size(2), A.size(1))
+        h = v.new_zeros(v.size(0), v.size(2), A.size(1))
         starts, ys = [], []
-        for v_k, delta_k, B_k, C_k in zip(*(_chunks(x, size) for x in (v, delta, B, C)), strict=True):
+        for t in range(0, v.size(1), size):
             starts.append(h)
+            v_k, delta_k, B_k, C_k = (x[:, t : t + size] for x in (v, delta, B, C))
             y, h = _FORWARD(compiled, h, v_k, delta_k, A.detach(), B_k, C_k)
             ys.append(y)
         ctx.save_for_backward(v, delta, A, B, C, *starts)
         ctx.size, ctx.compiled = size, compiled
-        return torch.cat(ys)
+        return torch.cat(ys, dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         v, delta, A, B, C, *starts = ctx.saved_tensors
-        chunks = zip(*(_chunks(x, ctx.size) for x in (v, delta, B, C, dy)), strict=True)
+        dy, size = dy.contiguous(), ctx.size
         g, dA = torch.zeros_like(starts[0]), torch.zeros_like(starts[0])
         grads = []
-        for start, (v_k, delta_k, B_k, C_k, dy_k) in reversed(list(zip(starts, chunks, strict=True))):
-            dv, ddelta, dA, dB, dC, g = _BACKWARD(ctx.compiled, start, v_k, delta_k, A.detach(), B_k, C_k, dy_k, g, dA)
+        for k in reversed(range(len(starts))):
+            v_k, delta_k, B_k, C_k, dy_k = (x[:, k * size : (k + 1) * size] for x in (v, delta, B, C, dy))
+            dv, ddelta, dA, dB, dC, g = _BACKWARD(
+                ctx.compiled, starts[k], v_k, delta_k, A.detach(), B_k, C_k, dy_k, g, dA
+            )
             grads.append((dv, ddelta, dB, dC))
-        dv, ddelta, dB, dC = (torch.cat(part[::-1]) for part in zip(*grads, strict=True))
+        dv, ddelta, dB, dC = (torch.cat(part[::-1], dim=1) for part in zip(*grads, strict=True))
         return dv, ddelta, dA.sum(0), dB, dC, None, None
 
 
-@torch.compiler.disable  # a model compiled whole calls the scan's own compiled chunks, not one unrolled graph
 def selective_scan_chunked(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -210,9 +207,10 @@ def selective_scan_chunked(
     steps and the decays exp(Δ A) are never stored, where eager PyTorch makes a pass over memory
     for every operation of every step. The backward pass is written out the same way
     (:func:`_chunk_backward`): it recomputes each chunk from its first state and runs the adjoint
-    recurrence, so a layer keeps length/chunk states, not several tensors per step. The sequence
-    is padded to whole chunks with Δ = 0 and u = 0 (decay one, no input: the state carries over).
-    ``compiled=False``, or a machine where compiling fails, runs the same chunk functions op by op.
+    recurrence, so a layer keeps length/chunk states, not several tensors per step. A sequence
+    that is not a whole number of chunks is padded with Δ = 0 and u = 0 (decay one, no input: the
+    state carries over). ``compiled=False``, or a machine where compiling fails, runs the same
+    chunk functions op by op.
 
     Not the chunk-parallel closed form of Mamba-2 (SSD), h_t = Σ_s exp(L_t − L_s) Δ_s u_s B_s with
     L the running sum of Δ A: with a decay per channel and state it is elementwise work, not
@@ -221,12 +219,12 @@ def selective_scan_chunked(
     length = u.size(1)
     pad = -length % chunk
 
-    def time_major(t: torch.Tensor) -> torch.Tensor:
-        return F.pad(t.transpose(0, 1), (0, 0, 0, 0, 0, pad)).contiguous()
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, 0, 0, pad)) if pad else t.contiguous()
 
-    v, delta_t, B_t, C_t = (time_major(t) for t in (delta * u, delta, B, C))
-    y = _ChunkedScan.apply(v, delta_t, A, B_t, C_t, chunk, compiled)
-    return y[:length].transpose(0, 1) + D * u
+    v, delta_p, B_p, C_p = (padded(t) for t in (delta * u, delta, B, C))
+    y = _ChunkedScan.apply(v, delta_p, A, B_p, C_p, chunk, compiled)
+    return y[:, :length] + D * u
 
 
 @functools.cache

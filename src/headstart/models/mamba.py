@@ -26,6 +26,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._dynamo.exc import BackendCompilerFailed
+from torch._inductor.exc import InductorError
 
 from headstart.config import ModelConfig
 from headstart.errors import HeadstartError
@@ -114,7 +116,7 @@ def _chunk_backward(
     return (*(torch.stack(x, dim=1) for x in (dv, ddelta)), dA, *(torch.stack(x, dim=1) for x in (dB, dC)), g)
 
 
-_COMPILE_FAILURES = (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError)
+_COMPILE_FAILURES = (BackendCompilerFailed, InductorError)
 
 
 class _Kernel:

@@ -11,7 +11,15 @@ from headstart import api
 from headstart.config import ModelConfig, OptimConfig, PretrainConfig, load_config, to_dict
 from headstart.errors import HeadstartError
 from headstart.models import build_backbone
-from headstart.models.mamba import Mamba, _chunk_forward, _Kernel, selective_scan_chunked, selective_scan_reference
+from headstart.models.mamba import (
+    _BACKWARD,
+    _FORWARD,
+    Mamba,
+    _chunk_forward,
+    _Kernel,
+    selective_scan_chunked,
+    selective_scan_reference,
+)
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import SCAN_FLOPS, forward_flops_per_token
 from headstart.train.optim import build_optimizer
@@ -39,6 +47,10 @@ def test_chunked_scan_matches_the_reference(chunk, compiled):
     chunked = selective_scan_chunked(*inputs, chunk=chunk, compiled=compiled)
     reference = selective_scan_reference(*inputs)
     assert (chunked - reference).abs().max() <= 1e-5
+    if compiled:  # it compiled here, not fell back to running op by op
+        assert _FORWARD.compiled is not None and _BACKWARD.compiled is not None
+    else:  # op by op, the chunk steps are the reference's operations
+        assert torch.equal(chunked, reference)
     # Its backward pass is written out: every gradient against autograd through the reference.
     weights = torch.randn_like(reference)
     ours, theirs = (torch.autograd.grad(y, inputs, weights) for y in (chunked, reference))

@@ -69,6 +69,13 @@ def selective_scan_reference(
     return torch.stack(ys, dim=1) + D * u
 
 
+def _chunk_step(
+    h: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, t: int
+) -> torch.Tensor:
+    """Step ``t`` of a chunk: h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t u_t B_t (v = Δ·u)."""
+    return torch.exp(delta[:, t, :, None] * A) * h + v[:, t, :, None] * B[:, t, None, :]
+
+
 def _chunk_forward(
     h: torch.Tensor, v: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +85,7 @@ def _chunk_forward(
     channel) that keeps the state, one vector of ``state`` lanes, in registers."""
     ys = []
     for t in range(v.size(1)):
-        h = torch.exp(delta[:, t, :, None] * A) * h + v[:, t, :, None] * B[:, t, None, :]
+        h = _chunk_step(h, v, delta, A, B, t)
         ys.append((h * C[:, t, None, :]).sum(-1))
     return torch.stack(ys, dim=1), h
 
@@ -101,7 +108,7 @@ def _chunk_backward(
     what goes back to the previous chunk's last state."""
     states = [h]
     for t in range(v.size(1)):
-        states.append(torch.exp(delta[:, t, :, None] * A) * states[-1] + v[:, t, :, None] * B[:, t, None, :])
+        states.append(_chunk_step(states[-1], v, delta, A, B, t))
     dv, ddelta, dB, dC = ([None] * v.size(1) for _ in range(4))
     for t in reversed(range(v.size(1))):
         g = g + dy[:, t, :, None] * C[:, t, None, :]

@@ -51,3 +51,14 @@ def test_mae_loss_reads_only_masked_patches_and_trains():
     assert predicted.grad[visible].abs().max() == 0 and predicted.grad[~visible].abs().max() > 0
     losses, _ = fit_one_batch(objective, model, batch, steps=20)
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_mae_trains_under_bf16_autocast():
+    """``precision=auto`` picks bf16 on CPUs with fast bf16 matmuls; the decoder's mask tokens must follow."""
+    model, objective = tiny_mae(), MAE(n_patches=16, mask_ratio=0.75)
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8))
+    batch = objective.make_batch(images, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = objective.loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.mask_token.grad.abs().sum() > 0

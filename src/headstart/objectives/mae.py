@@ -45,7 +45,7 @@ class MaskedAutoencoder(nn.Module):
         visible = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, d))
         encoded = self.to_decoder(self.backbone.encode(visible, keep))
         width = encoded.size(-1)
-        patches = self.mask_token.expand(b, n, width).clone()
+        patches = self.mask_token.to(encoded.dtype).expand(b, n, width).clone()  # bf16 under autocast
         patches.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, width), encoded[:, 1:])
         x = torch.cat([encoded[:, :1], patches], 1)
         return self.to_pixels(run_blocks(self.blocks, self.norm, x, self.rotation, None)[-1][:, 1:])

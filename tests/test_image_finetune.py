@@ -35,7 +35,7 @@ def test_image_fine_tune_from_a_checkpoint_and_from_scratch(tmp_path, tiny_image
     assert summary["budget"] == 40 and summary["init"] == str(tiny_simclr)
 
 
-@pytest.mark.parametrize("readout", ["logistic", "knn"])
+@pytest.mark.parametrize("readout", ["logistic", "knn", "propagate"])
 def test_frozen_image_backbone_readouts(tmp_path, tiny_images, tiny_simclr, readout):
     result = finetune(tmp_path, tiny_images, str(tiny_simclr), "freeze_backbone=true", f"readout={readout}",
                       f"run.name={readout}")  # fmt: skip
@@ -139,5 +139,11 @@ def test_self_training_distils_into_a_student_on_teacher_probabilities(tmp_path,
     assert budget.shape == (32, 2) and set(np.unique(budget)) == {0.0, 1.0}  # the labelled budget, one-hot
     assert pool.shape == (96 - 40, 2) and np.allclose(pool.sum(1), 1.0)  # the rest: the teacher's probabilities
     assert not set(np.unique(pool)) <= {0.0, 1.0}
+    seen.clear()
+    propagated = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=propagated", "distill_steps=60",
+                          "distill_teacher=propagate", "unlabelled=30")  # fmt: skip
+    assert propagated.metrics["accuracy"] >= 0.8
+    ((budget, pool),) = seen
+    assert budget.shape == (32, 2) and pool.shape == (30, 2) and np.allclose(pool.sum(1), 1.0)
     with pytest.raises(HeadstartError, match=r"distill_steps=20: self-training"):
         finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=frozen", "distill_steps=20", "freeze_backbone=true")

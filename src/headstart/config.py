@@ -267,17 +267,24 @@ class FinetuneConfig:
     val_max: int = 2000  # at most this many held out (a large budget needs no more to choose well)
     pooling: Literal["mean", "cls", "last", "max"] = "mean"
     freeze_backbone: bool = False  # a linear probe: logistic regression on frozen pooled features
-    readout: Literal["logistic", "knn"] = "logistic"  # frozen backbone: the probe, or weighted kNN (classification)
+    # Frozen backbone: the logistic probe; weighted kNN of the budget's features; or the budget's
+    # labels propagated over a kNN graph of the budget and the unlabelled training examples, then
+    # read by kNN (classification; the unlabelled examples' labels are never read).
+    readout: Literal["logistic", "knn", "propagate"] = "logistic"
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
     # At least this many passes over the training split: a large budget gets proportionally more
     # steps (and evaluations as often in relative terms) than train.steps, which suits small ones.
     min_epochs: float = 0.0
     # Self-training (SimCLRv2's distillation): > 0 trains a student, from the same init, this many
-    # steps on the budget plus unlabelled training examples labelled by the fine-tuned model's
-    # class probabilities (classification tasks; their own labels are never read).
+    # steps on the budget plus unlabelled training examples labelled by the teacher's class
+    # probabilities (classification tasks; their own labels are never read).
     distill_steps: int = 0
-    distill_pool: int = 0  # unlabelled examples the teacher labels; 0: every training example outside the budget
+    # The teacher: the fine-tuned model, or label propagation on the init's frozen features.
+    distill_teacher: Literal["finetuned", "propagate"] = "finetuned"
+    # Unlabelled training examples that self-training and label propagation read (drawn per seed);
+    # 0: every training example outside the budget.
+    unlabelled: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=20, min_lr_ratio=0.0))
     train: TrainConfig = field(

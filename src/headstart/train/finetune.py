@@ -30,6 +30,7 @@ from headstart.train import checkpoint as ckpt
 from headstart.train.distributed import launched
 from headstart.train.flops import counted_flops, forward_flops_per_token
 from headstart.train.frozen_features import knn_votes
+from headstart.train.label_propagation import NeighbourGraph, neighbour_graph, propagate_labels
 from headstart.train.loop import LoopResult, train_loop
 from headstart.train.pretrain import backbone_of, build_model
 from headstart.train.pretrain_images import build_image_model
@@ -117,8 +118,8 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         raise HeadstartError("train.parallel: fine-tuning runs in one process; start it without torchrun")
     if not config.task.train or not (config.task.eval or config.task.kind == "image"):
         raise HeadstartError("task.train and task.eval: expected labelled data (JSONL records, or images)")
-    if config.freeze_backbone and config.readout == "knn" and config.task.kind not in ("classify", "image"):
-        raise HeadstartError(f"readout=knn: reads classification tasks, not task.kind={config.task.kind}")
+    if config.freeze_backbone and config.readout != "logistic" and config.task.kind not in ("classify", "image"):
+        raise HeadstartError(f"readout={config.readout}: reads classification tasks, not task.kind={config.task.kind}")
     if config.distill_steps > 0 and (config.freeze_backbone or config.task.kind not in ("classify", "image")):
         raise HeadstartError(
             f"distill_steps={config.distill_steps}: self-training fine-tunes a student on class probabilities; "
@@ -143,16 +144,29 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     forward_flops = forward_flops_per_unit(backbone, config.task.max_len, example)
     probe_flops = forward_flops * (task.units(fit_set) + task.units(held_set))
 
+    n_classes = model.head.out_features
     if config.freeze_backbone and config.readout == "knn":  # no head: the budget's features vote
-        (x, y), n_classes = task.features(model, fit_set), model.head.out_features
-        (vx, vy), (ex, ey) = task.features(model, held_set), task.features(model, eval_set)
+        (x, y), (vx, vy), (ex, ey) = (task.features(model, part) for part in (fit_set, held_set, eval_set))
         best_val = float((knn_votes(x, y, vx, n_classes).argmax(1) == vy).float().mean())
         metrics = task.metrics(knn_votes(torch.cat([x, vx]), torch.cat([y, vy]), ex, n_classes), ey.numpy())
         flops = probe_flops + forward_flops * task.units(eval_set)
         return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, flops)
+    if config.freeze_backbone and config.readout == "propagate":  # the budget's labels spread over the pool
+        pool_set = task.encode("train", unlabelled_rows(config, len(task.strata), chosen))
+        message = f"propagating {len(chosen):,} labels over {task.size(pool_set):,} unlabelled examples"
+        console.print(message, highlight=False)
+        graph = PoolGraph.build(task, model, fit_set, held_set, pool_set)
+        best_val = graph.held_accuracy()
+        labels = graph.spread(with_held=True).argmax(1)
+        labels[: graph.n_labelled] = graph.labels
+        ex, ey = task.features(model, eval_set)
+        metrics = task.metrics(knn_votes(graph.features, labels, ex, n_classes), ey.numpy())
+        units = task.units(fit_set) + task.units(held_set) + task.units(pool_set) + task.units(eval_set)
+        return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0,
+                       forward_flops * units + graph.flops)  # fmt: skip
     if config.freeze_backbone or config.head_init == "probe":
         (x, y), (vx, vy) = task.features(model, fit_set), task.features(model, held_set)
-        probe = fit_logistic(x, y, vx, vy, model.head.out_features)
+        probe = fit_logistic(x, y, vx, vy, n_classes)
         model.head = probe.as_linear().to(next(backbone.parameters()).device)
     if config.freeze_backbone:  # the linear probe: the backbone never changes, the head is the convex fit
         best_val = task.score(model, held_set)[task.metric]
@@ -160,42 +174,83 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         ckpt.write_checkpoint(run_dir / "checkpoints", 0, model, {"step": 0, "l2": probe.l2}, to_dict(config))
         return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, probe_flops)
 
+    flops = probe_flops if config.head_init == "probe" else 0.0
+    fit_config, fit_dir = config, run_dir
+    if config.distill_steps > 0:  # self-training: a teacher labels the pool, a student learns it
+        pool_set = task.encode("train", unlabelled_rows(config, len(task.strata), chosen))
+        if config.distill_teacher == "propagate":
+            graph = PoolGraph.build(task, model, fit_set, held_set, pool_set)
+            pool_set.labels = graph.spread(with_held=False)[graph.n_labelled :].numpy()
+            flops += forward_flops * (task.units(fit_set) + task.units(held_set) + task.units(pool_set)) + graph.flops
+        else:
+            result, best = fit_with_early_stopping(
+                model, task, fit_set, held_set, eval_set, config, forward_flops, run_dir, console, quiet
+            )
+            model.load_state_dict(best["state"])  # type: ignore[arg-type]
+            features, _ = task.features(model, pool_set)
+            pool_set.labels = head_logits(model.head, features).softmax(-1).numpy()  # the teacher's; labels unread
+            flops += result.flops + forward_flops * task.units(pool_set)
+        one_hot = np.eye(n_classes, dtype=np.float32)[fit_set.labels]
+        fit_set = concat_encoded(replace(fit_set, labels=one_hot), pool_set)
+        model = task.build_model(load_backbone(config)[0], config.pooling)
+        fit_config = replace(config, train=replace(config.train, steps=config.distill_steps))
+        fit_dir = run_dir / "student"
+        message = f"distilling into a student on {len(pool_set.labels):,} teacher-labelled examples"
+        console.print(message, highlight=False)
     result, best = fit_with_early_stopping(
-        model, task, fit_set, held_set, eval_set, config, forward_flops, run_dir, console, quiet
+        model, task, fit_set, held_set, eval_set, fit_config, forward_flops, fit_dir, console, quiet
     )
-    flops = result.flops + (probe_flops if config.head_init == "probe" else 0.0)
-    if config.distill_steps > 0:
-        model.load_state_dict(best["state"])  # type: ignore[arg-type]
-        pool = np.setdiff1d(np.arange(len(task.strata)), chosen)
-        if config.distill_pool > 0:
-            pool = np.random.default_rng([config.train.seed, 2]).permutation(pool)[: config.distill_pool]
-        pool_set = task.encode("train", pool)
-        features, _ = task.features(model, pool_set)
-        pool_set.labels = head_logits(model.head, features).softmax(-1).numpy()  # the teacher's; labels unread
-        one_hot = np.eye(pool_set.labels.shape[1], dtype=np.float32)[fit_set.labels]
-        student_set = concat_encoded(replace(fit_set, labels=one_hot), pool_set)
-        student = task.build_model(load_backbone(config)[0], config.pooling)
-        student_config = replace(config, train=replace(config.train, steps=config.distill_steps))
-        console.print(f"distilling into a student on {len(pool):,} teacher-labelled examples", highlight=False)
-        result, best = fit_with_early_stopping(
-            student,
-            task,
-            student_set,
-            held_set,
-            eval_set,
-            student_config,
-            forward_flops,
-            run_dir / "student",
-            console,
-            quiet,
-        )
-        model = student
-        flops += forward_flops * task.units(pool_set) + result.flops
+    flops += result.flops
     model.load_state_dict(best["state"])  # type: ignore[arg-type]
     metrics = task.score(model, eval_set, final=True)
     return _finish(
         config, task.metric, run_dir, len(chosen), metrics, int(best["step"]), float(best["score"]), result.step, flops
     )
+
+
+def unlabelled_rows(config: FinetuneConfig, n_train: int, chosen: np.ndarray) -> np.ndarray:
+    """The training rows outside the budget that self-training and label propagation read
+    (``config.unlabelled`` of them, drawn per seed, when it is positive)."""
+    pool = np.setdiff1d(np.arange(n_train), chosen)
+    if config.unlabelled > 0:
+        pool = np.random.default_rng([config.train.seed, 2]).permutation(pool)[: config.unlabelled]
+    return pool
+
+
+@dataclass
+class PoolGraph:
+    """Frozen features of the budget's fit and held-out parts and of the unlabelled pool, in
+    that order, with their kNN graph: what label propagation spreads the budget's labels over."""
+
+    features: torch.Tensor  # (fit + held + pool, D)
+    labels: torch.Tensor  # (fit + held,) the budget's labels
+    n_fit: int
+    graph: NeighbourGraph
+    n_classes: int
+
+    @classmethod
+    def build(cls, task: Task, model: nn.Module, fit_set: Any, held_set: Any, pool_set: Any) -> PoolGraph:
+        (x, y), (vx, vy), (px, _) = (task.features(model, part) for part in (fit_set, held_set, pool_set))
+        features = torch.cat([x, vx, px])  # the pool's own labels are never read
+        return cls(features, torch.cat([y, vy]), len(x), neighbour_graph(features), model.head.out_features)
+
+    @property
+    def n_labelled(self) -> int:
+        return len(self.labels)
+
+    def held_accuracy(self) -> float:
+        """How well the fit part's labels, spread, label the held-out part: the readout's validation score."""
+        guess = self.spread(with_held=False)[self.n_fit : self.n_labelled].argmax(1)
+        return float((guess == self.labels[self.n_fit :]).float().mean())
+
+    @property
+    def flops(self) -> float:
+        return self.graph.flops(self.features.size(1))
+
+    def spread(self, with_held: bool) -> torch.Tensor:
+        """Class probabilities of every node from the fit part's labels (and the held-out part's)."""
+        known = self.n_labelled if with_held else self.n_fit
+        return propagate_labels(self.graph, torch.arange(known), self.labels[:known], self.n_classes)
 
 
 def fit_with_early_stopping(

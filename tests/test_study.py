@@ -71,6 +71,18 @@ def test_study_writes_results_report_and_plots_and_resumes(tmp_path, encoder, ti
     api.transfer(str(path), [f"inits.again={encoder}", "budgets=[20]", "seeds=1"])
     joined = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines() if x.endswith("}")]
     assert joined[: len(rerun)] == rerun and [(r["init"], r["budget"]) for r in joined[len(rerun) :]] == [("again", 20)]
+    # A study listing only some of the directory's inits runs those; the report and study.yaml keep them all.
+    alone = tmp_path / "alone.yaml"
+    text = path.read_text().replace(
+        f"inits: {{pretrained: {encoder}, scratch: scratch, skipgram: skipgram, ngrams: ngrams}}",
+        f"inits: {{frozen: {encoder}}}\ninit_settings: {{frozen: [freeze_backbone=true]}}",
+    )
+    alone.write_text(text.replace("seeds: 2", "seeds: 1").replace("budgets: [20, 60]", "budgets: [20]"))
+    report = api.transfer(str(alone)).read_text()
+    assert "| frozen |" in report and "| pretrained |" in report and "| again |" in report
+    saved = yaml.safe_load((folder / "study.yaml").read_text())
+    assert set(saved["inits"]) == {"pretrained", "scratch", "skipgram", "ngrams", "again", "frozen"}
+    assert saved["init_settings"] == {"frozen": ["freeze_backbone=true"]}
 
 
 def other_tokenizer(checkpoint, tmp_path):

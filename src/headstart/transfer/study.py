@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,13 @@ def differs_from(path: str, architecture: str) -> str:
     return f"{section} settings" if settings[0] != settings[1] else ""
 
 
-def check_resumable(run_dir: Path, config: StudyConfig) -> None:
+def resumed_study(run_dir: Path, config: StudyConfig) -> StudyConfig:
+    """The study as its directory holds it after this run: the saved inits (a run may list only
+    some of them, or new ones) joined with this run's. Raises when a finished cell would no
+    longer be comparable."""
     saved_path = run_dir / "study.yaml"
     if not saved_path.is_file():
-        return
+        return config
     saved = load_config(StudyConfig, str(saved_path))
     for name in FIXED:
         if getattr(saved, name) != getattr(config, name):
@@ -111,6 +115,9 @@ def check_resumable(run_dir: Path, config: StudyConfig) -> None:
                 f"{init_settings(config, name)}; its finished cells would not be comparable (give the new "
                 "one another init name, or set run.name)"
             )
+    inits = {**saved.inits, **config.inits}
+    settings = {name: init_settings(saved if name not in config.inits else config, name) for name in inits}
+    return replace(config, inits=inits, init_settings={name: s for name, s in settings.items() if s})
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -261,9 +268,9 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
         if budget > train_size:
             raise HeadstartError(f"budgets: {budget} labels asked, but {base.task.train} has {train_size} records")
     run_dir = Path(config.run.out_dir) / config.run.name
-    check_resumable(run_dir, config)
+    whole = resumed_study(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, run_dir / "study.yaml")
+    save_yaml(whole, run_dir / "study.yaml")
     results_path = run_dir / "results.jsonl"
     finished = read_results(results_path)
     if results_path.is_file():  # drop a line torn by a crash before appending after it
@@ -300,5 +307,5 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
         )
     from headstart.transfer.report import write_report
 
-    write_report(run_dir, config, architecture, references)
+    write_report(run_dir, whole, architecture, references)
     return run_dir

@@ -99,6 +99,12 @@ def test_finetune_pretrained_and_scratch_learn_the_task(tiny_encoder, tmp_path, 
         "sst2", [*common, f"init={tiny_encoder}", "freeze_backbone=true", "run.name=probe"], quiet=True
     )
     assert probe.steps == 0 and probe.metrics["accuracy"] > 0.8
+    spread = api.finetune(
+        "sst2", [*common, f"init={tiny_encoder}", "freeze_backbone=true", "readout=propagate", "budget=20",
+                 "run.name=propagate"], quiet=True,
+    )  # fmt: skip
+    assert spread.steps == 0 and spread.metrics["accuracy"] > 0.8  # 20 labels spread over the other 280 texts
+    assert spread.flops > probe.flops  # it embeds the unlabelled texts too
     lpft = api.finetune("sst2", [*common, f"init={tiny_encoder}", "head_init=probe", "run.name=lpft"], quiet=True)
     assert lpft.metrics["accuracy"] > 0.8 and lpft.flops > tuned.flops  # the probe's forward passes are counted
     epochs = api.finetune("sst2", [*common, f"init={tiny_encoder}", "min_epochs=16", "run.name=epochs"], quiet=True)

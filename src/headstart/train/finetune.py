@@ -144,7 +144,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     forward_flops = forward_flops_per_unit(backbone, config.task.max_len, example)
     probe_flops = forward_flops * (task.units(fit_set) + task.units(held_set))
 
-    n_classes = model.head.out_features
+    n_classes = model.head.out_features if hasattr(model, "head") else 0  # translation has no class head
     if config.freeze_backbone and config.readout == "knn":  # no head: the budget's features vote
         (x, y), (vx, vy), (ex, ey) = (task.features(model, part) for part in (fit_set, held_set, eval_set))
         best_val = float((knn_votes(x, y, vx, n_classes).argmax(1) == vy).float().mean())

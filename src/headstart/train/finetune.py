@@ -144,8 +144,8 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
     forward_flops = forward_flops_per_unit(backbone, config.task.max_len, example)
     probe_flops = forward_flops * (task.units(fit_set) + task.units(held_set))
 
-    n_classes = model.head.out_features if hasattr(model, "head") else 0  # translation has no class head
     if config.freeze_backbone and config.readout == "knn":  # no head: the budget's features vote
+        n_classes = model.head.out_features
         (x, y), (vx, vy), (ex, ey) = (task.features(model, part) for part in (fit_set, held_set, eval_set))
         best_val = float((knn_votes(x, y, vx, n_classes).argmax(1) == vy).float().mean())
         metrics = task.metrics(knn_votes(torch.cat([x, vx]), torch.cat([y, vy]), ex, n_classes), ey.numpy())
@@ -160,13 +160,12 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         labels = graph.spread(with_held=True).argmax(1)
         labels[: graph.n_labelled] = graph.labels
         ex, ey = task.features(model, eval_set)
-        metrics = task.metrics(knn_votes(graph.features, labels, ex, n_classes), ey.numpy())
-        units = task.units(fit_set) + task.units(held_set) + task.units(pool_set) + task.units(eval_set)
-        return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0,
-                       forward_flops * units + graph.flops)  # fmt: skip
+        metrics = task.metrics(knn_votes(graph.features, labels, ex, graph.n_classes), ey.numpy())
+        flops = graph.flops(forward_flops) + forward_flops * task.units(eval_set)
+        return _finish(config, task.metric, run_dir, len(chosen), metrics, 0, best_val, 0, flops)
     if config.freeze_backbone or config.head_init == "probe":
         (x, y), (vx, vy) = task.features(model, fit_set), task.features(model, held_set)
-        probe = fit_logistic(x, y, vx, vy, n_classes)
+        probe = fit_logistic(x, y, vx, vy, model.head.out_features)
         model.head = probe.as_linear().to(next(backbone.parameters()).device)
     if config.freeze_backbone:  # the linear probe: the backbone never changes, the head is the convex fit
         best_val = task.score(model, held_set)[task.metric]
@@ -181,7 +180,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
         if config.distill_teacher == "propagate":
             graph = PoolGraph.build(task, model, fit_set, held_set, pool_set)
             pool_set.labels = graph.spread(with_held=False)[graph.n_labelled :].numpy()
-            flops += forward_flops * (task.units(fit_set) + task.units(held_set) + task.units(pool_set)) + graph.flops
+            flops += graph.flops(forward_flops)
         else:
             result, best = fit_with_early_stopping(
                 model, task, fit_set, held_set, eval_set, config, forward_flops, run_dir, console, quiet
@@ -190,7 +189,7 @@ def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool
             features, _ = task.features(model, pool_set)
             pool_set.labels = head_logits(model.head, features).softmax(-1).numpy()  # the teacher's; labels unread
             flops += result.flops + forward_flops * task.units(pool_set)
-        one_hot = np.eye(n_classes, dtype=np.float32)[fit_set.labels]
+        one_hot = np.eye(pool_set.labels.shape[1], dtype=np.float32)[fit_set.labels]
         fit_set = concat_encoded(replace(fit_set, labels=one_hot), pool_set)
         model = task.build_model(load_backbone(config)[0], config.pooling)
         fit_config = replace(config, train=replace(config.train, steps=config.distill_steps))
@@ -227,12 +226,15 @@ class PoolGraph:
     n_fit: int
     graph: NeighbourGraph
     n_classes: int
+    units: int  # what the features cost to compute, in the task's units (images, tokens)
 
     @classmethod
     def build(cls, task: Task, model: nn.Module, fit_set: Any, held_set: Any, pool_set: Any) -> PoolGraph:
-        (x, y), (vx, vy), (px, _) = (task.features(model, part) for part in (fit_set, held_set, pool_set))
+        parts = (fit_set, held_set, pool_set)
+        (x, y), (vx, vy), (px, _) = (task.features(model, part) for part in parts)
         features = torch.cat([x, vx, px])  # the pool's own labels are never read
-        return cls(features, torch.cat([y, vy]), len(x), neighbour_graph(features), model.head.out_features)
+        units = sum(task.units(part) for part in parts)
+        return cls(features, torch.cat([y, vy]), len(x), neighbour_graph(features), model.head.out_features, units)
 
     @property
     def n_labelled(self) -> int:
@@ -243,9 +245,9 @@ class PoolGraph:
         guess = self.spread(with_held=False)[self.n_fit : self.n_labelled].argmax(1)
         return float((guess == self.labels[self.n_fit :]).float().mean())
 
-    @property
-    def flops(self) -> float:
-        return self.graph.flops(self.features.size(1))
+    def flops(self, forward_flops: float) -> float:
+        """Embedding every node (``forward_flops`` per unit) and the neighbour search."""
+        return forward_flops * self.units + self.graph.flops(self.features.size(1))
 
     def spread(self, with_held: bool) -> torch.Tensor:
         """Class probabilities of every node from the fit part's labels (and the held-out part's)."""

@@ -5,7 +5,7 @@ import torch
 
 from headstart.config import ModelConfig
 from headstart.errors import HeadstartError
-from headstart.models.transformer import SIZES, Transformer, mlp_hidden
+from headstart.models.transformer import CPU_FLOAT32_ATTENTION_MAX, SIZES, Transformer, attend, mlp_hidden
 from headstart.train.flops import matmul_params, measure_peak_flops, train_flops_per_token
 
 
@@ -93,3 +93,22 @@ def test_measuring_the_peak_leaves_the_global_random_stream_alone():
     before = torch.get_rng_state()
     assert measure_peak_flops(torch.float32, torch.device("cpu"), size=64, repeats=1) > 0
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("length", [16, CPU_FLOAT32_ATTENTION_MAX // 8 + 1])
+def test_short_bf16_attention_on_cpu_runs_in_float32_and_returns_bf16(length):
+    """Short sequences take the float32 kernel (faster there); long ones stay in bf16; both
+    agree with float32 attention to bf16 rounding, with the padding mask and causality."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, length, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 1, length, dtype=torch.bool)
+    mask[1, ..., length // 2 :] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, mask, 0.0, False)
+        causal = attend(q, k, v, None, 0.0, True)
+    assert y.dtype == causal.dtype == torch.bfloat16
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    want_causal = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert torch.allclose(y.float(), want, atol=2e-2) and torch.allclose(causal.float(), want_causal, atol=2e-2)
+    (y.float().sum() + causal.float().sum()).backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()

@@ -100,6 +100,28 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
+# CPU bf16 attention runs in float32 while length × head_dim is at most this: there the fused
+# kernel is 2-4× slower in bf16 than in float32 (benchmarks/attention_cpu.py, RESULTS).
+CPU_FLOAT32_ATTENTION_MAX = 8192
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float, causal: bool
+) -> torch.Tensor:
+    """Scaled dot-product attention over (B, H, T, head_dim); short bf16 sequences on a CPU go
+    through the float32 kernel, which is faster there and exact to bf16 rounding."""
+    upcast = (
+        q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * q.shape[-1] <= CPU_FLOAT32_ATTENTION_MAX
+    )
+    if not upcast:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+    with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
+        y = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout, is_causal=causal
+        )
+    return y.to(torch.bfloat16)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -114,14 +136,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, width // self.n_head).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None,
-        )
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.causal and mask is None)
         return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 

@@ -1,4 +1,4 @@
-"""CPU attention under bf16 autocast: the fused bf16 kernel against the float32 one.
+"""CPU kernels of the backbones: bf16 attention, and channels-last convolutions.
 
 1. Attention alone, forward + backward, over (batch, heads, length, head_dim) shapes from the
    ViT on Fashion-MNIST (50 tokens) to text windows of 512: bf16 inputs through the bf16 kernel
@@ -6,11 +6,15 @@
    while length × head_dim ≤ ``CPU_FLOAT32_ATTENTION_MAX``).
 2. A whole fine-tuning step (forward, backward, AdamW) of the fmnist ViT (width 128, depth 6,
    4×4 patches, batch 64) under bf16 autocast, with the float32 route on and off.
+3. A SimCLR-sized training step (512 views, forward, backward, AdamW) of the simclr-fmnist
+   ResNet (width 32, depth 2, stride-2 stem) with the images channels-first (NCHW, what the
+   convolutions ran in before) against channels-last (what ``ResNet.forward`` now asks for),
+   in bf16 and in float32.
 
 Repeats interleave the variants and medians are taken, because this machine's speed drifts
 over minutes. The last line printed is one JSON object with every figure.
 
-    OMP_NUM_THREADS=1 python benchmarks/attention_cpu.py [--repeats 7]
+    OMP_NUM_THREADS=1 python benchmarks/cpu_kernels.py [--repeats 7]
 """
 
 from __future__ import annotations
@@ -82,6 +86,28 @@ def vit_step() -> Callable[[], None]:
     return run
 
 
+def resnet_step(channels_last: bool, bf16: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    config = VisionConfig(kind="resnet", width=32, depth=2, stem_stride=2, pooling="avg", channels=1, image_size=28)
+    backbone = build_vision(config)
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.feature_dim, 128))
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    images = torch.randn(512, 1, 28, 28)
+
+    def features(x: torch.Tensor) -> torch.Tensor:  # the ResNet's own layers, in the layout given
+        return backbone.blocks(backbone.stem(x)).mean((2, 3))
+
+    def run() -> None:
+        x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model[1](features(x)).float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -115,6 +141,19 @@ def main() -> None:
     )
     print(f"×{vit['speedup']:.2f}")
     results["vit_step"] = vit
+    for precision, bf16 in (("bf16", True), ("float32", False)):
+        runs = {"nchw": resnet_step(False, bf16), "channels_last": resnet_step(True, bf16)}
+        times = {name: [] for name in runs}
+        for run in runs.values():
+            seconds(run, 2)
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                times[name] += seconds(run, 1)
+        row = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+        row["speedup"] = row["nchw_s"] / row["channels_last_s"]
+        print(f"simclr-fmnist ResNet step, 512 views, {precision}: NCHW {row['nchw_s']:.3f} s", end=", ")
+        print(f"channels-last {row['channels_last_s']:.3f} s, ×{row['speedup']:.2f}")
+        results[f"resnet_step_{precision}"] = row
     print(json.dumps(results))
 
 

@@ -47,13 +47,26 @@ SHAPES = [
 ]
 
 
-def seconds(run: Callable[[], None], repeats: int) -> list[float]:
-    times = []
+def interleaved(runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each run, the runs taking turns so that drift hits them alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def with_float32_limit(run: Callable[[], None], limit: int) -> Callable[[], None]:
+    def limited() -> None:
+        transformer.CPU_FLOAT32_ATTENTION_MAX = limit
         run()
-        times.append(time.perf_counter() - start)
-    return times
+
+    return limited
 
 
 def attention_step(shape: tuple[int, ...], upcast: bool) -> Callable[[], None]:
@@ -112,48 +125,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    results: dict[str, object] = {"machine": machine(), "attention": [], "vit_step": {}}
+    results: dict[str, object] = {"machine": machine()}
+    rows = []
     for shape in SHAPES:
-        runs = {"bf16": attention_step(shape, False), "float32": attention_step(shape, True)}
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for run in runs.values():
-            seconds(run, 2)  # warm-up
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                times[name] += seconds(run, 1)
-        row = {"shape": shape, **{f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()}}
-        row["speedup"] = row["bf16_ms"] / row["float32_ms"]
-        print(f"B,H,T,D={shape}: bf16 {row['bf16_ms']:.1f} ms, float32 {row['float32_ms']:.1f} ms", end=", ")
-        print(f"×{row['speedup']:.2f}")
-        results["attention"].append(row)  # type: ignore[union-attr]
+        times = interleaved(
+            {"bf16": attention_step(shape, False), "float32": attention_step(shape, True)}, args.repeats
+        )
+        bf16_ms, float32_ms = 1e3 * times["bf16"], 1e3 * times["float32"]
+        rows.append({"shape": shape, "bf16_ms": bf16_ms, "float32_ms": float32_ms, "speedup": bf16_ms / float32_ms})
+        print(f"attention {shape}: bf16 {bf16_ms:.1f} ms, float32 {float32_ms:.1f} ms, ×{bf16_ms / float32_ms:.2f}")
+    results["attention"] = rows
     step, limit = vit_step(), transformer.CPU_FLOAT32_ATTENTION_MAX
-    vit_times: dict[str, list[float]] = {"bf16": [], "float32": []}
-    seconds(step, 3)
-    for _ in range(args.repeats):
-        for name, value in (("bf16", 0), ("float32", limit)):
-            transformer.CPU_FLOAT32_ATTENTION_MAX = value
-            vit_times[name] += seconds(step, 3)
+    vit = interleaved({"bf16": with_float32_limit(step, 0), "float32": with_float32_limit(step, limit)}, args.repeats)
     transformer.CPU_FLOAT32_ATTENTION_MAX = limit
-    vit = {f"{name}_s": statistics.median(t) for name, t in vit_times.items()}
-    vit["speedup"] = vit["bf16_s"] / vit["float32_s"]
-    print(
-        f"fmnist ViT step, batch 64: bf16 attention {vit['bf16_s']:.3f} s, float32 {vit['float32_s']:.3f} s", end=", "
-    )
-    print(f"×{vit['speedup']:.2f}")
-    results["vit_step"] = vit
+    results["vit_step"] = {**vit, "speedup": vit["bf16"] / vit["float32"]}
+    print(f"fmnist ViT step, batch 64: bf16 attention {vit['bf16']:.3f} s, float32 {vit['float32']:.3f} s, "
+          f"×{vit['bf16'] / vit['float32']:.2f}")  # fmt: skip
     for precision, bf16 in (("bf16", True), ("float32", False)):
-        runs = {"nchw": resnet_step(False, bf16), "channels_last": resnet_step(True, bf16)}
-        times = {name: [] for name in runs}
-        for run in runs.values():
-            seconds(run, 2)
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                times[name] += seconds(run, 1)
-        row = {f"{name}_s": statistics.median(t) for name, t in times.items()}
-        row["speedup"] = row["nchw_s"] / row["channels_last_s"]
-        print(f"simclr-fmnist ResNet step, 512 views, {precision}: NCHW {row['nchw_s']:.3f} s", end=", ")
-        print(f"channels-last {row['channels_last_s']:.3f} s, ×{row['speedup']:.2f}")
-        results[f"resnet_step_{precision}"] = row
+        conv = interleaved({"nchw": resnet_step(False, bf16), "channels_last": resnet_step(True, bf16)}, args.repeats)
+        results[f"resnet_step_{precision}"] = {**conv, "speedup": conv["nchw"] / conv["channels_last"]}
+        print(f"simclr-fmnist ResNet step, 512 views, {precision}: NCHW {conv['nchw']:.3f} s, "
+              f"channels-last {conv['channels_last']:.3f} s, ×{conv['nchw'] / conv['channels_last']:.2f}")  # fmt: skip
     print(json.dumps(results))
 
 

@@ -101,7 +101,7 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 
 
 # CPU bf16 attention runs in float32 while length × head_dim is at most this: there the fused
-# kernel is 2-4× slower in bf16 than in float32 (benchmarks/cpu_kernels.py, RESULTS).
+# kernel is 2-4× slower in bf16 than in float32 (benchmarks/cpu_attention.py, RESULTS).
 CPU_FLOAT32_ATTENTION_MAX = 8192
 
 

@@ -81,9 +81,6 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # Channels-last inputs make every convolution run channels-last: 1.45× faster training
-        # on a CPU under bf16 (benchmarks/cpu_kernels.py), and what GPU tensor cores prefer.
-        images = images.contiguous(memory_format=torch.channels_last)
         return pool_map(self.blocks(self.stem(images)), self.config.pooling)
 
 

@@ -1,4 +1,4 @@
-"""CPU kernels of the backbones: bf16 attention, and channels-last convolutions.
+"""CPU attention under bf16 autocast: the fused bf16 kernel against the float32 one.
 
 1. Attention alone, forward + backward, over (batch, heads, length, head_dim) shapes from the
    ViT on Fashion-MNIST (50 tokens) to text windows of 512: bf16 inputs through the bf16 kernel
@@ -6,15 +6,11 @@
    while length × head_dim ≤ ``CPU_FLOAT32_ATTENTION_MAX``).
 2. A whole fine-tuning step (forward, backward, AdamW) of the fmnist ViT (width 128, depth 6,
    4×4 patches, batch 64) under bf16 autocast, with the float32 route on and off.
-3. A SimCLR-sized training step (512 views, forward, backward, AdamW) of the simclr-fmnist
-   ResNet (width 32, depth 2, stride-2 stem) with the images channels-first (NCHW, what the
-   convolutions ran in before) against channels-last (what ``ResNet.forward`` now asks for),
-   in bf16 and in float32.
 
 Repeats interleave the variants and medians are taken, because this machine's speed drifts
 over minutes. The last line printed is one JSON object with every figure.
 
-    OMP_NUM_THREADS=1 python benchmarks/cpu_kernels.py [--repeats 7]
+    OMP_NUM_THREADS=1 python benchmarks/cpu_attention.py [--repeats 7]
 """
 
 from __future__ import annotations
@@ -99,28 +95,6 @@ def vit_step() -> Callable[[], None]:
     return run
 
 
-def resnet_step(channels_last: bool, bf16: bool) -> Callable[[], None]:
-    torch.manual_seed(0)
-    config = VisionConfig(kind="resnet", width=32, depth=2, stem_stride=2, pooling="avg", channels=1, image_size=28)
-    backbone = build_vision(config)
-    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.feature_dim, 128))
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    images = torch.randn(512, 1, 28, 28)
-
-    def features(x: torch.Tensor) -> torch.Tensor:  # the ResNet's own layers, in the layout given
-        return backbone.blocks(backbone.stem(x)).mean((2, 3))
-
-    def run() -> None:
-        x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model[1](features(x)).float().square().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -141,11 +115,6 @@ def main() -> None:
     results["vit_step"] = {**vit, "speedup": vit["bf16"] / vit["float32"]}
     print(f"fmnist ViT step, batch 64: bf16 attention {vit['bf16']:.3f} s, float32 {vit['float32']:.3f} s, "
           f"×{vit['bf16'] / vit['float32']:.2f}")  # fmt: skip
-    for precision, bf16 in (("bf16", True), ("float32", False)):
-        conv = interleaved({"nchw": resnet_step(False, bf16), "channels_last": resnet_step(True, bf16)}, args.repeats)
-        results[f"resnet_step_{precision}"] = {**conv, "speedup": conv["nchw"] / conv["channels_last"]}
-        print(f"simclr-fmnist ResNet step, 512 views, {precision}: NCHW {conv['nchw']:.3f} s, "
-              f"channels-last {conv['channels_last']:.3f} s, ×{conv['nchw'] / conv['channels_last']:.2f}")  # fmt: skip
     print(json.dumps(results))
 
 

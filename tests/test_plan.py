@@ -33,6 +33,7 @@ from headstart.plan import (
 from headstart.train.flops import counted_flops, matmul_params, train_flops_per_token
 from headstart.train.pretrain import build_model, build_objective, resolve_config
 
+CPU = torch.device("cpu")
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.precision=fp32"]
 
 
@@ -127,14 +128,17 @@ def test_memory_matches_a_hand_computation():
     params = count_params(config)[0]
     # embedding 512·64, per layer 4·64² attention + 3·64·192 SwiGLU, norm gains (2·2 + 1)·64
     assert params == 512 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 192) + 5 * 64 == 139_584
-    fp32 = memory_needed(config, params, torch.float32)
+    fp32 = memory_needed(config, params, torch.float32, CPU)
     assert (fp32["weights"], fp32["gradients"], fp32["optimizer"]) == (4 * params, 4 * params, 8 * params)
     per_token = 2 * (48 * 64 + 16 * 192) + 12 * 64 + 4 * 512  # layers, outside them, the logits
     assert fp32["activations"] == 4 * 32 * per_token == 1_933_312
     assert fp32["total"] == 16 * params + 1_933_312
-    bf16 = memory_needed(config, params, torch.bfloat16)
+    bf16 = memory_needed(config, params, torch.bfloat16, torch.device("cuda"))
     per_token = 2 * (32 * 64 + 8 * 192) + 10 * 64 + 4 * 512
     assert bf16["activations"] == 4 * 32 * per_token + 2 * params
+    # on a CPU this short attention runs in float32 and keeps 6 bytes more per n_embd and layer
+    cpu = memory_needed(config, params, torch.bfloat16, CPU)
+    assert cpu["activations"] == bf16["activations"] + 4 * 32 * 2 * 6 * 64
 
 
 def saved_bytes(config: PretrainConfig, dtype: torch.dtype) -> int:
@@ -159,7 +163,7 @@ def saved_bytes(config: PretrainConfig, dtype: torch.dtype) -> int:
 @pytest.mark.parametrize(("objective", "mlp"), [("clm", "swiglu"), ("mlm", "gelu"), ("rtd", "swiglu")])
 def test_activation_estimate_matches_what_autograd_keeps(objective, mlp, dtype):
     config = tiny_config(objective, mlp)
-    estimate = memory_needed(config, count_params(config)[0], dtype)["activations"]
+    estimate = memory_needed(config, count_params(config)[0], dtype, CPU)["activations"]
     assert estimate == pytest.approx(saved_bytes(config, dtype), rel=0.05)
 
 

@@ -35,7 +35,7 @@ from headstart.config import ModelConfig, PretrainConfig, TokenizerConfig, load_
 from headstart.data.shards import ShardWriter
 from headstart.data.tokenizers import SPECIAL_TOKENS, UNK, load_tokenizer, token_dtype, tokenizer_info
 from headstart.errors import HeadstartError
-from headstart.models.transformer import SIZES, mlp_hidden
+from headstart.models.transformer import SIZES, float32_attention, mlp_hidden
 from headstart.train.flops import matmul_params, peak_flops
 from headstart.train.log import format_duration
 from headstart.train.loop import pick_device, pick_precision
@@ -62,6 +62,9 @@ ASSUMED_MFU = 0.3  # only to guess, before timing anything, whether timing the p
 # the layers (the embedding output, the final norm). bf16 saves less: the residual stream and the
 # rotary embedding stay fp32 under autocast.
 ACTIVATION_BYTES = {torch.float32: (48, 16, 12), torch.bfloat16: (32, 8, 10)}
+# q, k, v and the output kept in float32 rather than bf16, net of what the bf16 kernel keeps
+# besides (measured by the autograd test in tests/test_plan.py).
+FLOAT32_ATTENTION_BYTES = 6
 LOGIT_BYTES = 4  # per vocabulary entry of each scored token: the fp32 log-softmax
 
 
@@ -151,22 +154,28 @@ def count_params(config: PretrainConfig) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), backbone_of(model).num_params(embedding=False)
 
 
-def activation_bytes(model: ModelConfig, head_fraction: float, dtype: torch.dtype) -> float:
+def activation_bytes(
+    model: ModelConfig, head_fraction: float, dtype: torch.dtype, device: torch.device, seq_len: int
+) -> float:
     """Bytes one token of a transformer pass keeps for the backward:
     n_layer·(a·n_embd + b·hidden) + c·n_embd + 4·head_fraction·vocab, with (a, b, c) from
-    ``ACTIVATION_BYTES`` for the precision and b halved for a GELU MLP."""
+    ``ACTIVATION_BYTES`` for the precision and b halved for a GELU MLP; attention that runs in
+    float32 under bf16 keeps ``FLOAT32_ATTENTION_BYTES`` more per n_embd."""
     per_embd, per_hidden, outside = ACTIVATION_BYTES[dtype]
+    if float32_attention(device, dtype, seq_len, model.n_embd // model.n_head):
+        per_embd += FLOAT32_ATTENTION_BYTES
     per_hidden = per_hidden if model.mlp == "swiglu" else per_hidden / 2
     layer = per_embd * model.n_embd + per_hidden * mlp_hidden(model)
     return model.n_layer * layer + outside * model.n_embd + LOGIT_BYTES * head_fraction * model.vocab_size
 
 
-def memory_needed(config: PretrainConfig, params: int, dtype: torch.dtype) -> dict[str, float]:
+def memory_needed(config: PretrainConfig, params: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
     """Bytes to train ``config``: the weights, kept in fp32 under autocast too, their fp32
     gradients, AdamW's two fp32 moments, and what one micro-batch keeps for the backward (under
     bf16 with autocast's bf16 copy of the weights: 2 bytes a parameter)."""
     tokens = config.train.batch_size * config.train.seq_len
-    per_token = sum(times * activation_bytes(m, head, dtype) for m, head, times in transformer_passes(config))
+    passes = transformer_passes(config)
+    per_token = sum(times * activation_bytes(m, head, dtype, device, config.train.seq_len) for m, head, times in passes)
     activations = tokens * per_token + (2 * params if dtype == torch.bfloat16 else 0)
     memory = {"weights": 4.0 * params, "gradients": 4.0 * params, "optimizer": 8.0 * params, "activations": activations}
     return memory | {"total": sum(memory.values())}
@@ -260,7 +269,7 @@ def time_training(
     def fits(candidate: PretrainConfig) -> bool:
         train = candidate.train
         work = steps * train.batch_size * train.grad_accum * train.seq_len * pretrain_flops_per_token(candidate)
-        memory = memory_needed(candidate, count_params(candidate)[0], dtype)["total"]
+        memory = memory_needed(candidate, count_params(candidate)[0], dtype, device)["total"]
         return work / rate <= seconds and memory <= 0.8 * room
 
     probe = stand_in(config, fits)
@@ -400,7 +409,7 @@ def assemble(
         timing=timing.method,
         device=str(device),
         precision=str(dtype).removeprefix("torch."),
-        memory=memory_needed(config, params, dtype),
+        memory=memory_needed(config, params, dtype, device),
         memory_here=memory_here(device),
         optimal_params=optimal,
         optimal_model=describe_model(nearest_shape(model, optimal)) if optimal else "",

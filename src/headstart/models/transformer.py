@@ -105,14 +105,17 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 CPU_FLOAT32_ATTENTION_MAX = 8192
 
 
+def float32_attention(device: torch.device, dtype: torch.dtype, length: int, head_dim: int) -> bool:
+    """Whether ``attend`` runs this attention through the float32 kernel (see the constant above)."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and length * head_dim <= CPU_FLOAT32_ATTENTION_MAX
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float, causal: bool
 ) -> torch.Tensor:
     """Scaled dot-product attention over (B, H, T, head_dim); short bf16 sequences on a CPU go
     through the float32 kernel, which is faster there and exact to bf16 rounding."""
-    upcast = (
-        q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * q.shape[-1] <= CPU_FLOAT32_ATTENTION_MAX
-    )
+    upcast = float32_attention(q.device, q.dtype, q.shape[-2], q.shape[-1])
     if not upcast:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
     with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,3 +77,16 @@ def hf_gpt2(vocab: int, n_layer: int, n_head: int, n_embd: int, context: int) ->
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
     return transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each variant over ``repeats`` rounds after ``warmup`` unmeasured ones,
+    the variants taking turns in every round so that the machine's drift hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(warmup + repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

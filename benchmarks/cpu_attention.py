@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import interleaved, machine
 from headstart.config import VisionConfig
 from headstart.models import transformer
 from headstart.models.vision import build_vision
@@ -41,20 +39,6 @@ SHAPES = [
     (16, 4, 256, 64),
     (8, 8, 512, 64),
 ]
-
-
-def interleaved(runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each run, the runs taking turns so that drift hits them alike."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def with_float32_limit(run: Callable[[], None], limit: int) -> Callable[[], None]:
@@ -103,14 +87,16 @@ def main() -> None:
     rows = []
     for shape in SHAPES:
         times = interleaved(
-            {"bf16": attention_step(shape, False), "float32": attention_step(shape, True)}, args.repeats
+            {"bf16": attention_step(shape, False), "float32": attention_step(shape, True)}, args.repeats, warmup=2
         )
         bf16_ms, float32_ms = 1e3 * times["bf16"], 1e3 * times["float32"]
         rows.append({"shape": shape, "bf16_ms": bf16_ms, "float32_ms": float32_ms, "speedup": bf16_ms / float32_ms})
         print(f"attention {shape}: bf16 {bf16_ms:.1f} ms, float32 {float32_ms:.1f} ms, ×{bf16_ms / float32_ms:.2f}")
     results["attention"] = rows
     step, limit = vit_step(), transformer.CPU_FLOAT32_ATTENTION_MAX
-    vit = interleaved({"bf16": with_float32_limit(step, 0), "float32": with_float32_limit(step, limit)}, args.repeats)
+    vit = interleaved(
+        {"bf16": with_float32_limit(step, 0), "float32": with_float32_limit(step, limit)}, args.repeats, warmup=2
+    )
     transformer.CPU_FLOAT32_ATTENTION_MAX = limit
     results["vit_step"] = {**vit, "speedup": vit["bf16"] / vit["float32"]}
     print(f"fmnist ViT step, batch 64: bf16 attention {vit['bf16']:.3f} s, float32 {vit['float32']:.3f} s, "

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -32,30 +30,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import interleaved, machine
 from headstart.config import ModelConfig, PretrainConfig, load_config
 from headstart.models import build_backbone
 from headstart.models.mamba import selective_scan_chunked, selective_scan_reference
 from headstart.objectives.clm import CausalLM
 
 VOCAB = 8192
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each variant over ``repeats`` rounds, one warm-up round first."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(repeats + 1):
-        for name, fn in variants.items():
-            seconds = timed(fn)
-            if round_:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def scan_inputs(batch: int, length: int, inner: int, state: int) -> list[torch.Tensor]:

@@ -30,7 +30,7 @@ from headstart.data.shards import open_shards
 from headstart.data.windows import eval_windows
 from headstart.objectives.clm import CausalLM
 from headstart.train.flops import train_flops_per_token
-from headstart.train.loop import train_loop
+from headstart.train.loop import Job, Outputs, train_loop
 from headstart.train.pretrain import TrainWindows, pretrain
 from headstart.train.validate import evaluate_windows
 
@@ -98,19 +98,10 @@ def run_gpt2(shards: Path, seed: int) -> dict[str, object]:
     shutil.rmtree(run_dir, ignore_errors=True)
     m = config.model
     flops = train_flops_per_token(m.__class__(**{**to_dict(m), "vocab_size": data.vocab_size, "mlp": "gelu"}), 64)
-    result = train_loop(
-        model,
-        objective,
-        TrainWindows(data, config.train.seq_len, seed),
-        config.train,
-        config.optim,
-        config.schedule,
-        run_dir,
-        to_dict(config),
-        flops,
-        evaluate=lambda mod: evaluate_windows(mod, objective, val, config.train.batch_size),
-        quiet=True,
-    )
+    source = TrainWindows(data, config.train.seq_len, seed)
+    evaluate = lambda mod: evaluate_windows(mod, objective, val, config.train.batch_size)  # noqa: E731
+    outputs = Outputs(run_dir, to_dict(config), evaluate, quiet=True)
+    result = train_loop(Job(model, objective, source, config, flops), outputs)
     return summarize(run_dir, result)
 
 

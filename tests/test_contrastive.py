@@ -5,8 +5,9 @@ import torch
 
 from headstart.config import AugmentConfig, VisionConfig
 from headstart.data.augment import build_views
+from headstart.models.pretraining import ContrastiveModel
 from headstart.models.vision import build_vision
-from headstart.objectives.contrastive import ContrastiveModel, SimCLR, nt_xent
+from headstart.objectives.contrastive import SimCLR, nt_xent
 from tests.conftest import fit_one_batch
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ from headstart.models import build_backbone
 from headstart.objectives.mlm import MaskedLM
 from headstart.train import checkpoint as ckpt
 from headstart.train import distributed
+from headstart.train.checkpoint import load_pretrained
 from headstart.train.distributed import Parallel
-from headstart.train.pretrain import load_pretrained
+from headstart.train.flops import peak_cache_path
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.context=32", "train.seq_len=32",
         "train.batch_size=4", "train.grad_accum=2", "train.steps=20", "train.checkpoint_every=10",
@@ -60,12 +62,29 @@ def interrupted_copy(runs: Path, name: str, into: Path) -> Path:
     return into
 
 
+PEAK = 2e10  # the per-device peak the ranks read from a seeded cache
+
+
+def seed_peak(cache: Path, threads: int) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HEADSTART_CACHE", str(cache))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            path = peak_cache_path(torch.float32, torch.device("cpu"))
+        finally:
+            torch.set_num_threads(before)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"flops": PEAK, "measured_at": time.time()}))
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_shards, tmp_path_factory) -> Path:
     """One process, DDP and FSDP2 on two, each 20 steps of the same global batch, in ``runs/``."""
     root = tmp_path_factory.mktemp("distributed")
+    seed_peak(root / "cache", threads=1)  # what each rank (OMP_NUM_THREADS=1) reads instead of probing
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HEADSTART_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        patch.setenv("HEADSTART_CACHE", str(root / "cache"))
         patch.chdir(root)
         api.pretrain("gpt-tiny", overrides(tiny_shards, "single"), quiet=True)
         torchrun(root, overrides(tiny_shards, "ddp", "train.parallel=ddp"))
@@ -90,6 +109,21 @@ def test_two_ranks_give_the_losses_of_one_process(runs, mode):
     for name in one:
         torch.testing.assert_close(whole[name], one[name], rtol=1e-4, atol=1e-5)
     load_pretrained(final)  # the consolidated weights read as any checkpoint's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_report_mfu_against_both_devices(runs, mode):
+    """tokens/s counts the whole global batch, so MFU divides by the peak of both ranks' devices."""
+    run_dir = runs / "runs" / mode
+    flops_per_token = json.loads((run_dir / "checkpoints" / "step_00000020" / "compute.json").read_text())[
+        "flops_per_token"
+    ]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "mfu" in r]
+    assert len(logged) == 20
+    for record in logged:
+        assert record["mfu"] == pytest.approx(record["tokens_per_s"] * flops_per_token / (2 * PEAK))
 
 
 @pytest.mark.slow
@@ -136,7 +170,7 @@ def test_what_distributed_training_refuses(monkeypatch, tiny_shards, tmp_path):
         distributed.start(TrainConfig(parallel="none"), torch.device("cpu"))
     simclr = type("SimCLR", (), {"name": "simclr", "couples_batch": True})()
     with pytest.raises(HeadstartError, match="whole batch"):
-        distributed.refuse_coupled(simclr, Parallel("ddp", 0, 2))
+        Parallel("ddp", 0, 2).refuse_coupled(simclr)
     with pytest.raises(HeadstartError, match="fine-tuning runs in one process"):
         api.finetune("sst2", [f"run.out_dir={tmp_path}"])
     with pytest.raises(HeadstartError, match="times one process"):

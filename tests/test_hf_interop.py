@@ -15,8 +15,9 @@ from headstart.config import to_dict
 from headstart.data.tokenizers import load_tokenizer, tokenizer_hash
 from headstart.errors import HeadstartError
 from headstart.generate import sample
+from headstart.models.build import backbone_of, build_model
 from headstart.train import checkpoint as ckpt
-from headstart.train.pretrain import backbone_of, build_model, load_pretrained
+from headstart.train.checkpoint import load_pretrained
 from tests.test_cli import assert_one_line_error, headstart
 
 transformers = pytest.importorskip("transformers")

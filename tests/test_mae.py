@@ -4,8 +4,9 @@ import torch
 
 from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
+from headstart.models.pretraining import MaskedAutoencoder
 from headstart.models.vision import build_vision
-from headstart.objectives.mae import MAE, MaskedAutoencoder
+from headstart.objectives.mae import MAE
 from tests.conftest import fit_one_batch
 
 

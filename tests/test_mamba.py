@@ -21,9 +21,9 @@ from headstart.models.mamba import (
     selective_scan_reference,
 )
 from headstart.train import checkpoint as ckpt
+from headstart.train.checkpoint import load_pretrained
 from headstart.train.flops import SCAN_FLOPS, forward_flops_per_token
 from headstart.train.optim import build_optimizer
-from headstart.train.pretrain import load_pretrained
 
 
 def scan_inputs(batch: int, length: int, inner: int, state: int, dtype: torch.dtype = torch.float32, seed: int = 0):

@@ -2,10 +2,11 @@ import numpy as np
 import torch
 
 from headstart.config import ModelConfig
+from headstart.models.pretraining import ElectraPair
 from headstart.models.transformer import Transformer
 from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
-from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection
+from headstart.objectives.rtd import ReplacedTokenDetection
 
 MASK, PAD, EOD = 1, 2, 0
 

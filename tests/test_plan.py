@@ -15,6 +15,7 @@ from headstart.config import ModelConfig, ObjectiveConfig, PretrainConfig, Train
 from headstart.data.shards import open_shards
 from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
+from headstart.models.build import build_model
 from headstart.models.transformer import Transformer
 from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
@@ -31,7 +32,7 @@ from headstart.plan import (
     word_tokenizer,
 )
 from headstart.train.flops import counted_flops, matmul_params, train_flops_per_token
-from headstart.train.pretrain import build_model, build_objective, resolve_config
+from headstart.train.pretrain import build_objective, resolve_config
 
 CPU = torch.device("cpu")
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.precision=fp32"]

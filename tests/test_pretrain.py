@@ -119,7 +119,15 @@ def test_resume_refuses_a_changed_config_and_existing_run_needs_resume(tiny_shar
     with pytest.raises(HeadstartError, match="--resume"):
         run(tiny_shards, tmp_path, "r", ["train.steps=2"])
     with pytest.raises(HeadstartError, match=r"optim\.lr was"):
-        run(tiny_shards, tmp_path, "r", ["train.steps=4", "optim.lr=0.5"], resume=True)
+        run(tiny_shards, tmp_path, "r", ["train.steps=2", "optim.lr=0.5"], resume=True)
+    assert run(tiny_shards, tmp_path, "r", ["train.steps=2", "train.eval_every=1"], resume=True).step == 2
+
+
+def test_resume_refuses_another_step_count(tiny_shards, tmp_path):
+    """The schedule spans train.steps: resuming with another count would bend it mid-run."""
+    run(tiny_shards, tmp_path, "r", ["train.steps=4", "train.max_minutes=0.0001"])  # stops after its first step
+    with pytest.raises(HeadstartError, match=r"train\.steps was 4, now 8.*init=.*init_optimizer=carry"):
+        run(tiny_shards, tmp_path, "r", ["train.steps=8"], resume=True)
     assert run(tiny_shards, tmp_path, "r", ["train.steps=4"], resume=True).step == 4
 
 

@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 from headstart import api
 from headstart.config import ModelConfig
 from headstart.errors import HeadstartError
+from headstart.models.pretraining import SentenceEncoder
 from headstart.models.transformer import Transformer
-from headstart.objectives.contrastive import SentenceEncoder, SimCSE
+from headstart.objectives.contrastive import SimCSE
 from tests.conftest import fit_one_batch
 
 

@@ -129,21 +129,23 @@ def test_a_signal_stops_the_whole_study_and_records_no_half_trained_cell(
 ):
     import os
     import signal
+    from dataclasses import replace
 
     import headstart.train.finetune as finetune_module
     from headstart.errors import Interrupted
 
     real_loop, calls = finetune_module.train_loop, []
 
-    def loop_signalled_in_its_second_run(*args, evaluate, **kwargs):
+    def loop_signalled_in_its_second_run(job, outputs, start=None):
         calls.append(1)
+        evaluate = outputs.evaluate
 
         def evaluate_then_signal(model):
             if len(calls) == 2:
                 os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends; the loop's handler catches it
             return evaluate(model)
 
-        return real_loop(*args, evaluate=evaluate_then_signal, **kwargs)
+        return real_loop(job, replace(outputs, evaluate=evaluate_then_signal), start)
 
     monkeypatch.setattr(finetune_module, "train_loop", loop_signalled_in_its_second_run)
     path = study_yaml(write_task, tmp_path, encoder, tiny_shards.parent / "corpus.txt")

@@ -15,14 +15,17 @@ from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.embed import embed_texts, save_array
 from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate_checkpoint
+from headstart.files import write_markdown
 from headstart.generate import fill_mask as _fill_mask
 from headstart.generate import sample
-from headstart.objectives.rtd import ElectraPair
+from headstart.models.build import backbone_of
+from headstart.models.pretraining import ElectraPair
+from headstart.train.checkpoint import load_pretrained
 from headstart.train.finetune import FinetuneResult
 from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
-from headstart.train.pretrain import backbone_of, load_pretrained, steps_for_minutes
 from headstart.train.pretrain import pretrain as _pretrain
+from headstart.train.pretrain import steps_for_minutes
 
 if TYPE_CHECKING:
     from headstart.plan import Plan
@@ -173,7 +176,6 @@ def mismatch(
     """How far ``target`` is from ``source`` (and, given a checkpoint, from what it learned), with a
     recommendation on continued pretraining; ``out``: also write it as a Markdown report."""
     from headstart.transfer.mismatch import measure_mismatch, print_mismatch, report_lines
-    from headstart.transfer.report import write_markdown
 
     options = ReadOptions(text_mode=text_mode, jsonl_field=field)  # type: ignore[arg-type]
     result = measure_mismatch(source, target, checkpoint, options)

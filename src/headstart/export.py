@@ -57,10 +57,11 @@ from headstart.data.tokenizers import (
 )
 from headstart.errors import HeadstartError
 from headstart.models import resolve
+from headstart.models.build import backbone_of
 from headstart.models.transformer import RMS_NORM_EPS, Transformer, mlp_hidden
 from headstart.train import checkpoint as ckpt
+from headstart.train.checkpoint import load_pretrained
 from headstart.train.continued import grow_vocabulary
-from headstart.train.pretrain import backbone_of, load_pretrained
 
 Weights = dict[str, torch.Tensor]
 

@@ -35,18 +35,13 @@ from headstart.config import ModelConfig, PretrainConfig, TokenizerConfig, load_
 from headstart.data.shards import ShardWriter
 from headstart.data.tokenizers import SPECIAL_TOKENS, UNK, load_tokenizer, token_dtype, tokenizer_info
 from headstart.errors import HeadstartError
+from headstart.files import write_markdown, write_text_atomic
+from headstart.models.build import backbone_of, build_model
 from headstart.models.transformer import SIZES, float32_attention, mlp_hidden
+from headstart.train.device import pick_device, pick_precision
 from headstart.train.flops import matmul_params, peak_flops
 from headstart.train.log import format_duration
-from headstart.train.loop import pick_device, pick_precision
-from headstart.train.pretrain import (
-    backbone_of,
-    build_model,
-    calibrate,
-    pretrain_flops_per_token,
-    resolve_config,
-    transformer_passes,
-)
+from headstart.train.pretrain import calibrate, pretrain_flops_per_token, resolve_config, transformer_passes
 
 TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022
 DEFAULT_RECIPE = "gpt-tiny"
@@ -491,9 +486,7 @@ def check_out(path: Path) -> Path:
 
 def write_plan(plan: Plan, path: Path) -> Path:
     """The plan as JSON (``.json``) or a Markdown table (``.md``), written atomically."""
-    from headstart.transfer.report import write_markdown
-
     if check_out(path).suffix == ".json":
-        return write_markdown(path, [json.dumps(asdict(plan), indent=1)])
+        return write_text_atomic(path, json.dumps(asdict(plan), indent=1) + "\n")
     lines = ["# Plan", "", "| | |", "|---|---|", *(f"| {what} | {figure} |" for what, figure in plan_rows(plan))]
     return write_markdown(path, [*lines, "", *(f"- {note}" for note in plan.notes)])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import matplotlib
+
+from headstart.files import read_jsonl
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -15,8 +16,7 @@ import matplotlib.pyplot as plt
 def loss_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
     """Training loss and validation loss against the optimizer step, from a run's metrics.jsonl."""
     train_x, train_y, val_x, val_y = [], [], [], []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(metrics_path):
         if record.get("split") == "val":
             val_x.append(record["step"])
             val_y.append(record["val_loss"])

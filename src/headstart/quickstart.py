@@ -28,9 +28,11 @@ from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.evaluate import evaluate_checkpoint
 from headstart.generate import sample
 from headstart.plots import loss_curve
-from headstart.train.pretrain import load_pretrained, pretrain, steps_for_minutes
+from headstart.train.checkpoint import load_pretrained
+from headstart.train.pretrain import pretrain, steps_for_minutes
 from headstart.transfer.report import grouped, mean_and_interval
-from headstart.transfer.study import read_results, run_study
+from headstart.transfer.results import read_results
+from headstart.transfer.study import run_study
 
 RECIPE = "quickstart"
 PROMPT = "def "

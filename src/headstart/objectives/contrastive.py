@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.data.augment import augment, to_float
-from headstart.models.heads import Pooling, ProjectionHead, pool
 
 
 def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,19 +84,6 @@ def cached_backward(
     return loss.detach(), extra
 
 
-class ContrastiveModel(nn.Module):
-    """A backbone and the projection head its contrastive loss reads; ``backbone`` is what
-    fine-tuning starts from."""
-
-    def __init__(self, backbone: nn.Module, hidden: int = 512, out: int = 128) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projection = ProjectionHead(backbone.feature_dim, hidden, out)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.backbone(images))
-
-
 class SimCLR:
     name = "simclr"
     head_fraction = 0.0
@@ -132,24 +118,6 @@ class SimCLR:
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["first"].size(0)
-
-
-class SentenceEncoder(nn.Module):
-    """A text backbone, pooled over real tokens, and SimCSE's MLP (dense + tanh) that only the
-    loss reads; ``backbone`` is what fine-tuning and ``embed`` use."""
-
-    def __init__(self, backbone: nn.Module, pooling: Pooling = "mean") -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.pooling = pooling
-        width = backbone.config.n_embd
-        self.projection = nn.Sequential(nn.Linear(width, width), nn.Tanh())
-
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return pool(self.backbone(ids, padding_mask=mask), mask, self.pooling)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.embed(ids, mask))
 
 
 class SimCSE:

@@ -11,44 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from headstart.config import ModelConfig
 from headstart.data.augment import to_float
 from headstart.errors import HeadstartError
-from headstart.models.transformer import Block, Norm, init_weights, rotary_table, run_blocks
-from headstart.models.vision import VisionTransformer
-
-
-class MaskedAutoencoder(nn.Module):
-    """The ViT (``backbone``, what fine-tuning starts from) and a pixel decoder."""
-
-    def __init__(self, backbone: VisionTransformer, width: int = 64, depth: int = 2, n_head: int = 4) -> None:
-        super().__init__()
-        self.backbone = backbone
-        n = backbone.n_patches
-        blocks = ModelConfig(
-            causal=False, vocab_size=1, n_layer=depth, n_head=n_head, n_embd=width, context=n + 1, norm="layernorm",
-            mlp="gelu",
-        )  # fmt: skip
-        self.to_decoder = nn.Linear(backbone.feature_dim, width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.blocks = nn.ModuleList(Block(blocks) for _ in range(depth))
-        self.norm = Norm(width, "layernorm")
-        self.to_pixels = nn.Linear(width, backbone.config.channels * backbone.config.patch**2)
-        self.register_buffer("rotation", rotary_table(width // n_head, n + 1, 10000.0), persistent=False)
-        init_weights(self.blocks, 0.02, depth)
-        nn.init.normal_(self.mask_token, 0.0, 0.02)
-
-    def forward(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Predicted pixels (B, N, C·p·p) of every patch, from the patches at ``keep`` (B, K)."""
-        tokens = self.backbone.patch_tokens(images)
-        b, n, d = tokens.shape
-        visible = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, d))
-        encoded = self.to_decoder(self.backbone.encode(visible, keep))
-        width = encoded.size(-1)
-        patches = self.mask_token.to(encoded.dtype).expand(b, n, width).clone()  # bf16 under autocast
-        patches.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, width), encoded[:, 1:])
-        x = torch.cat([encoded[:, :1], patches], 1)
-        return self.to_pixels(run_blocks(self.blocks, self.norm, x, self.rotation, None)[-1][:, 1:])
 
 
 class MAE:

@@ -11,45 +11,13 @@ is the backbone that fine-tuning starts from.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headstart.errors import HeadstartError
-from headstart.models.transformer import Transformer
 from headstart.objectives.mlm import MaskedLM
-
-
-class ElectraPair(nn.Module):
-    """The discriminator (the backbone), a detection head, and the generator sharing its embedding.
-
-    ``forward`` and ``logits`` are the discriminator's, so the pair stands in for the backbone
-    wherever a model is expected (evaluation, checkpoints).
-    """
-
-    def __init__(self, discriminator: Transformer, generator_layers: int) -> None:
-        super().__init__()
-        config = discriminator.config
-        if not 1 <= generator_layers <= config.n_layer:
-            raise HeadstartError(
-                f"objective.generator_layers={generator_layers}: expected 1 to model.n_layer={config.n_layer}"
-            )
-        self.config = config
-        self.discriminator = discriminator
-        self.generator = Transformer(replace(config, n_layer=generator_layers, tie_embeddings=True))
-        self.generator.embed = discriminator.embed  # shared token embedding, as in ELECTRA
-        self.detect = nn.Linear(config.n_embd, 1)
-        nn.init.normal_(self.detect.weight, 0.0, config.init_std)
-        nn.init.zeros_(self.detect.bias)
-
-    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.discriminator(idx, padding_mask)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.discriminator.logits(hidden)
 
 
 def default_generator_layers(n_layer: int) -> int:

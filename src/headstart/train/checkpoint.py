@@ -4,10 +4,15 @@ A checkpoint holds ``config.yaml`` (the resolved config), ``model.safetensors``,
 ``tokenizer.json``, ``state.pt`` (optimizer, step, data cursor, RNG; plain tensors and
 numbers, loaded with ``weights_only=True``), ``metrics.jsonl``, ``compute.json`` (FLOPs
 spent) and ``manifest.json`` (sha256 of every file, so a corrupted or truncated file is
-named instead of silently loaded). It is written to a temporary sibling and renamed into
-place: a crash leaves the previous checkpoint intact. A run of several processes keeps its
-model and optimizer as shards in ``dcp/`` instead of the optimizer in ``state.pt``
-(``distributed.py``).
+named instead of silently loaded). It is written to a temporary sibling, flushed to disk
+(every file and directory entry), renamed into place, and the rename flushed before older
+checkpoints are pruned: a crash or a power loss leaves the previous checkpoint intact.
+
+A run of several processes keeps its model and optimizer as shards in ``dcp/`` instead of the
+optimizer in ``state.pt`` (``distributed.py``). torch.distributed.checkpoint stores the shards'
+index as a pickle, which ``--resume`` reads: every file is checked against the manifest first,
+so a corrupted checkpoint is refused, but resume only sharded checkpoints you trust. Every other
+verb reads the consolidated ``model.safetensors`` and never unpickles anything.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
+from headstart.config import PretrainConfig, build
 from headstart.errors import HeadstartError
+from headstart.models.build import build_model
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 REQUIRED = ("config.yaml", "model.safetensors", "manifest.json")
@@ -69,9 +76,11 @@ def write_checkpoint(
             write_extras(tmp)
         manifest = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1), encoding="utf-8")
+        sync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        sync_directory(root)  # the rename is durable before anything older goes
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -79,6 +88,30 @@ def write_checkpoint(
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def sync_directory(path: Path) -> None:
+    """Flush a directory's entries (a rename, a new file) to disk; a no-op where directories
+    cannot be opened (Windows)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def sync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and every directory entry to disk, so a checkpoint renamed
+    into place after it is whole after a power loss too."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        sync_directory(folder)
 
 
 def save_gathered(weights: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
@@ -170,3 +203,14 @@ def load_state(path: Path) -> dict[str, Any]:
         return torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     except Exception as exc:  # any unpickling failure means the file is not a state we wrote
         raise HeadstartError(f"checkpoint {path / 'state.pt'}: cannot be read ({exc.__class__.__name__})") from None
+
+
+def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:
+    """A pretraining checkpoint's model as trained (weights loaded, eval mode), its config, and its directory."""
+    folder = resolve_checkpoint(path)
+    verify(folder)
+    config = build(PretrainConfig, read_config(folder), "checkpoint config")
+    model = build_model(config)
+    load_weights(folder, model)
+    model.eval()
+    return model, config, folder

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.files import read_jsonl
 from headstart.train import checkpoint as ckpt
 
 LINEAGE = "lineage.json"
@@ -49,8 +50,7 @@ def write_lineage(lineage: list[dict[str, Any]], folder: Path) -> None:
 def forgetting(metrics_path: Path) -> tuple[float, float] | None:
     """The original domain's validation loss at the first and the last evaluation of a continued
     run (``origin_val_loss``), or None when it was not measured."""
-    losses = [r["origin_val_loss"] for r in map(json.loads, metrics_path.read_text(encoding="utf-8").splitlines())
-              if "origin_val_loss" in r]  # fmt: skip
+    losses = [r["origin_val_loss"] for r in read_jsonl(metrics_path) if "origin_val_loss" in r]
     return (losses[0], losses[-1]) if len(losses) > 1 else None
 
 

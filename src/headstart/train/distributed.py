@@ -60,6 +60,7 @@ from torch.nn.parallel import DistributedDataParallel
 from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
 from headstart.train import checkpoint as ckpt
+from headstart.train.flops import peak_flops
 
 SHARDED = "dcp"  # the checkpoint's folder of torch.distributed.checkpoint shards
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -78,7 +79,9 @@ def process_rank() -> int:
 @dataclass(frozen=True)
 class Parallel:
     """How this process takes part in a run: alone (``none``), or as ``rank`` of ``world`` under
-    ``ddp`` or ``fsdp``, on ``device``."""
+    ``ddp`` or ``fsdp``, on ``device``. The loop's one parallelism strategy: which rows a rank
+    trains on, how the model is wrapped, how gradients accumulate, what MFU divides by, and how
+    checkpoints are saved and loaded differ between the modes here and nowhere else."""
 
     mode: str = "none"
     rank: int = 0
@@ -130,6 +133,114 @@ class Parallel:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def refuse_coupled(self, objective: Any) -> None:
+        """A loss that compares each sample with the whole batch cannot be split across ranks."""
+        if self.mode != "none" and getattr(objective, "couples_batch", False):
+            raise HeadstartError(
+                f"objective.name={objective.name}: its loss compares each sample with the whole batch, which "
+                "distributed training does not split; use train.parallel=none (one process)"
+            )
+
+    def peak_flops(self, dtype: torch.dtype) -> float:
+        """What MFU divides by: the measured peak of one device (rank 0's, so every rank reports
+        the same) times the number of ranks, since tokens/s counts the whole global batch."""
+        return self.from_main(peak_flops(dtype, self.device)) * self.world
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in a :class:`Step`, replicated by DDP or sharded by FSDP2 (each block of every
+        ``nn.ModuleList``, then the rest as the root)."""
+        step = Step(model)
+        if self.mode == "ddp":
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(step, device_ids=device_ids)
+        if self.mode == "fsdp":
+            with torch.no_grad():  # every rank starts from rank 0's weights, as DDP does
+                for tensor in [*model.parameters(), *model.buffers()]:
+                    dist.broadcast(tensor.detach(), src=0)
+            mesh = init_device_mesh(self.device.type, (self.world,))
+            blocks = [block for module in model.modules() if isinstance(module, nn.ModuleList) for block in module]
+            for block in blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(step, mesh=mesh)
+        return step
+
+    @staticmethod
+    def accumulating(wrapped: nn.Module, sync: bool) -> AbstractContextManager[Any]:
+        """Micro-batches before the last keep their gradients local; the last one synchronises them."""
+        if isinstance(wrapped, FSDPModule):
+            wrapped.set_requires_gradient_sync(sync)
+        elif isinstance(wrapped, DistributedDataParallel) and not sync:
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def whole(norm: torch.Tensor) -> torch.Tensor:
+        """A gradient norm over sharded gradients is a partial DTensor: its value over all ranks."""
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+    @staticmethod
+    def evaluate(wrapped: nn.Module, model: nn.Module, fn: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+        """``fn(model)``; under FSDP2 inside the root's forward (where the weights are gathered), the
+        weights sharded again afterwards."""
+        if not isinstance(wrapped, FSDPModule):
+            return fn(model)
+        result = wrapped(fn)
+        wrapped.reshard()
+        return result
+
+    def load_weights(self, folder: Path, model: nn.Module) -> None:
+        """Before wrapping: a one-process checkpoint's weights (a sharded one loads with the optimizer)."""
+        if not is_sharded(folder):
+            ckpt.load_weights(folder, model)
+
+    def load_training(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After wrapping: the optimizer state (and, from shards, the weights) of ``folder``,
+        resharded for however many ranks (one process included) this run has."""
+        if is_sharded(folder):
+            model_state, optimizer_state = get_state_dict(model, optimizer)
+            with warnings.catch_warnings():  # one process reading shards is intended here
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder / SHARDED)
+            set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+        else:
+            load_optimizer(model, optimizer, ckpt.load_state(folder)["optimizer"])
+
+    def save(
+        self,
+        root: Path,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        config: dict[str, Any],
+        write_extras: Callable[[Path], None],
+        keep: int,
+    ) -> Path:
+        """One process writes the optimizer into ``state.pt``. Several write their shards to a
+        staging folder; rank 0 gathers the whole weights, moves the shards into its checkpoint
+        and writes it as one process does (atomically)."""
+        if self.mode == "none":
+            state = {"optimizer": optimizer.state_dict(), **state}
+            return ckpt.write_checkpoint(root, step, model, state, config, write_extras, keep=keep)
+        staging = root / f".tmp_dcp_step_{step:08d}"
+        if self.main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        dist.barrier()
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging)
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        final = root / f"step_{step:08d}"
+        if self.main:
+
+            def extras(folder: Path) -> None:
+                staging.rename(folder / SHARDED)
+                write_extras(folder)
+
+            final = ckpt.write_checkpoint(root, step, model, state, config, extras, keep=keep, weights=weights)
+        dist.barrier()
+        return final
+
 
 def leave() -> None:
     """After a finished command, tear the process group down together: a rank that leaves while
@@ -172,15 +283,6 @@ def start(train: TrainConfig, device: torch.device) -> Parallel:
     return Parallel(mode, dist.get_rank(), dist.get_world_size(), device)
 
 
-def refuse_coupled(objective: Any, parallel: Parallel) -> None:
-    """A loss that compares each sample with the whole batch cannot be split across ranks."""
-    if parallel.mode != "none" and getattr(objective, "couples_batch", False):
-        raise HeadstartError(
-            f"objective.name={objective.name}: its loss compares each sample with the whole batch, which "
-            "distributed training does not split; use train.parallel=none (one process)"
-        )
-
-
 class Step(nn.Module):
     """Runs ``fn(model, *args)`` as its forward. DDP and FSDP2 act around a module's forward, so
     the objective's whole loss (the vocabulary head, ELECTRA's two networks) runs inside one,
@@ -192,49 +294,6 @@ class Step(nn.Module):
 
     def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(self.model, *args)
-
-
-def wrap(model: nn.Module, parallel: Parallel) -> nn.Module:
-    """``model`` in a :class:`Step`, replicated by DDP or sharded by FSDP2 (each block of every
-    ``nn.ModuleList``, then the rest as the root)."""
-    step = Step(model)
-    if parallel.mode == "ddp":
-        device_ids = [parallel.device.index] if parallel.device.type == "cuda" else None
-        return DistributedDataParallel(step, device_ids=device_ids)
-    if parallel.mode == "fsdp":
-        with torch.no_grad():  # every rank starts from rank 0's weights, as DDP does
-            for tensor in [*model.parameters(), *model.buffers()]:
-                dist.broadcast(tensor.detach(), src=0)
-        mesh = init_device_mesh(parallel.device.type, (parallel.world,))
-        blocks = [block for module in model.modules() if isinstance(module, nn.ModuleList) for block in module]
-        for block in blocks:
-            fully_shard(block, mesh=mesh)
-        fully_shard(step, mesh=mesh)
-    return step
-
-
-def accumulating(wrapped: nn.Module, parallel: Parallel, sync: bool) -> AbstractContextManager[Any]:
-    """Micro-batches before the last keep their gradients local; the last one synchronises them."""
-    if isinstance(wrapped, FSDPModule):
-        wrapped.set_requires_gradient_sync(sync)
-    elif isinstance(wrapped, DistributedDataParallel) and not sync:
-        return wrapped.no_sync()
-    return contextlib.nullcontext()
-
-
-def whole(norm: torch.Tensor) -> torch.Tensor:
-    """A gradient norm over sharded gradients is a partial DTensor: its value over all ranks."""
-    return norm.full_tensor() if isinstance(norm, DTensor) else norm
-
-
-def evaluate(wrapped: nn.Module, model: nn.Module, fn: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
-    """``fn(model)``; under FSDP2 inside the root's forward (where the weights are gathered), the
-    weights sharded again afterwards."""
-    if not isinstance(wrapped, FSDPModule):
-        return fn(model)
-    result = wrapped(fn)
-    wrapped.reshard()
-    return result
 
 
 def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -254,46 +313,3 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: di
 
 def is_sharded(folder: Path) -> bool:
     return (folder / SHARDED).is_dir()
-
-
-def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Model and optimizer from a checkpoint's shards, resharded for however many ranks (one
-    process included) this run has."""
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # one process reading shards is intended here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder / SHARDED)
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
-
-
-def save_checkpoint(
-    parallel: Parallel,
-    root: Path,
-    step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    config: dict[str, Any],
-    write_extras: Callable[[Path], None],
-    keep: int,
-) -> Path:
-    """Every rank writes its shards to a staging folder; rank 0 gathers the whole weights, moves
-    the shards into its checkpoint and writes it as one process does (atomically)."""
-    staging = root / f".tmp_dcp_step_{step:08d}"
-    if parallel.main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    dist.barrier()
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging)
-    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    final = root / f"step_{step:08d}"
-    if parallel.main:
-
-        def extras(folder: Path) -> None:
-            staging.rename(folder / SHARDED)
-            write_extras(folder)
-
-        final = ckpt.write_checkpoint(root, step, model, state, config, extras, keep=keep, weights=weights)
-    dist.barrier()
-    return final

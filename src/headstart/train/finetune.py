@@ -24,6 +24,7 @@ from headstart.data.labelled import stratified_budget
 from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError, Interrupted
 from headstart.models import TextBackbone
+from headstart.models.build import backbone_of, build_model
 from headstart.models.heads import head_logits
 from headstart.tasks import Task, make_task
 from headstart.train import checkpoint as ckpt
@@ -31,9 +32,7 @@ from headstart.train.distributed import launched
 from headstart.train.flops import counted_flops, forward_flops_per_token
 from headstart.train.frozen_features import knn_votes
 from headstart.train.label_propagation import NeighbourGraph, neighbour_graph, propagate_labels
-from headstart.train.loop import LoopResult, train_loop
-from headstart.train.pretrain import backbone_of, build_model
-from headstart.train.pretrain_images import build_image_model
+from headstart.train.loop import Job, LoopResult, Outputs, train_loop
 from headstart.train.probe import fit_logistic
 
 
@@ -59,14 +58,11 @@ def load_backbone(config: FinetuneConfig) -> tuple[nn.Module, Tokenizer | None]:
     pretrained = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
     torch.manual_seed(config.train.seed)
     pretrained = replace(pretrained, model=replace(pretrained.model, dropout=0.0))
-    if pretrained.data.images:
-        trained = build_image_model(pretrained)
-        if config.init != "scratch":
-            ckpt.load_weights(folder, trained)
-        return trained.backbone, None
     trained = build_model(pretrained)
     if config.init != "scratch":
         ckpt.load_weights(folder, trained)
+    if pretrained.data.images:
+        return backbone_of(trained), None
     return backbone_of(trained), load_tokenizer(folder / "tokenizer.json")
 
 
@@ -282,22 +278,11 @@ def fit_with_early_stopping(
         reported = task.score(model, eval_set) if task.track_eval else {}
         return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
-    backbone = model.backbone
-    result = train_loop(
-        model,
-        task.objective,
-        ExampleBatches(task.size(train_set), task.collate(train_set), config.train.seed),
-        config.train,
-        config.optim,
-        config.schedule,
-        run_dir,
-        to_dict(config),
-        3 * forward_flops,
-        evaluate=evaluate,
-        lr_scale=layer_scale(len(backbone.blocks), config.layer_decay) if config.layer_decay != 1.0 else None,
-        console=console,
-        quiet=quiet,
-    )
+    depth = len(model.backbone.blocks)
+    lr_scale = layer_scale(depth, config.layer_decay) if config.layer_decay != 1.0 else None
+    source = ExampleBatches(task.size(train_set), task.collate(train_set), config.train.seed)
+    job = Job(model, task.objective, source, config, 3 * forward_flops, lr_scale)
+    result = train_loop(job, Outputs(run_dir, to_dict(config), evaluate, console=console, quiet=quiet))
     if result.interrupted:  # a fine-tune is short: nothing half-trained is reported, a rerun starts over
         raise Interrupted(f"fine-tune {run_dir} interrupted at step {result.step}; rerun it to start over")
     return result, best

@@ -1,7 +1,8 @@
 """FLOPs per token, the machine's measured peak FLOP/s, and model FLOPs utilisation (MFU).
 
-The peak is measured, never assumed: a square matmul probe in the run's precision, timed by
-median, cached per (device, precision, threads, torch version) so it costs a second once.
+The peak is measured, never assumed: a square matmul probe in the run's precision, its fastest
+of a dozen tries (the ceiling; a busy moment must not lower it), cached per (device model,
+precision, threads, cores, torch version) for ``PEAK_CACHE_DAYS`` so it costs a second once.
 
 Mamba's count per token, independent of the sequence length: its matmuls (in_proj, x_proj,
 dt_proj, out_proj: 2 FLOPs per weight), the depthwise convolution (2·d_conv per inner
@@ -29,6 +30,7 @@ from headstart.models import resolve
 from headstart.models.transformer import mlp_hidden
 
 SCAN_FLOPS = 9  # Mamba's selective scan, per token, inner channel and state
+PEAK_CACHE_DAYS = 7  # a cached peak older than this is measured again
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -68,8 +70,15 @@ def _cache_dir() -> Path:
 
 
 def _device_name(device: torch.device) -> str:
+    """The accelerator's or the CPU's model name: machines of one architecture differ in peak."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 
@@ -94,19 +103,27 @@ def measure_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 102
     return 2 * size**3 / min(timings)
 
 
-def peak_flops(dtype: torch.dtype, device: torch.device) -> float:
-    """The measured peak, cached on disk (one probe per machine, precision and thread count)."""
+def peak_cache_path(dtype: torch.dtype, device: torch.device) -> Path:
+    """Where the probe of ``dtype`` on ``device`` is cached, keyed by everything that changes the peak."""
     key = json.dumps([_device_name(device), str(dtype), torch.get_num_threads(), torch.__version__, os.cpu_count()])
-    path = _cache_dir() / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return _cache_dir() / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def peak_flops(dtype: torch.dtype, device: torch.device) -> float:
+    """The measured peak, cached on disk for ``PEAK_CACHE_DAYS`` (then measured again: drivers,
+    clocks and the machine under a path can change)."""
+    path = peak_cache_path(dtype, device)
     try:
-        return float(json.loads(path.read_text())["flops"])
-    except (OSError, ValueError, KeyError):
+        cached = json.loads(path.read_text())
+        if time.time() - float(cached["measured_at"]) < PEAK_CACHE_DAYS * 86400:
+            return float(cached["flops"])
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     flops = measure_peak_flops(dtype, device)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "flops": flops}))
+        tmp.write_text(json.dumps({"flops": flops, "measured_at": time.time()}))
         tmp.replace(path)
     except OSError:
         pass  # a read-only home only costs a re-probe next time

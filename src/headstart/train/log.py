@@ -10,10 +10,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from headstart.files import read_jsonl
+
 
 class MetricsFile:
     """Append-only JSON lines. On resume, lines past the resumed step are dropped, so the
-    file of an interrupted-and-resumed run reads like that of an uninterrupted one."""
+    file of an interrupted-and-resumed run reads like that of an uninterrupted one; so is a
+    torn last line, which a run killed in the middle of a write leaves."""
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
@@ -21,12 +24,8 @@ class MetricsFile:
         if resume_step is None:
             path.write_text("", encoding="utf-8")
         elif path.exists():
-            kept = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            kept = [record for record in read_jsonl(path) if record.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

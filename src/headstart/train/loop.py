@@ -2,20 +2,19 @@
 
 It knows nothing of text or images: a *source* yields deterministic samples by index, an
 *objective* turns them into a batch and a batch into a loss, an *evaluate* callback scores
-the model. The loop adds AdamW, the schedule, accumulation, clipping, mixed precision,
-periodic evaluation and atomic checkpoints, and resumes exactly: everything random is a
-pure function of the step or is restored from the checkpoint. Under torchrun the same loop
-runs on every process, each training on its rows of every global batch (``distributed.py``).
+the model. The loop adds the optimizer, the schedule, accumulation, clipping, mixed precision,
+periodic evaluation and atomic checkpoints, and resumes exactly: everything random is a pure
+function of the step or is restored from the checkpoint (``state.py``). Its parts, one concern
+each: the run's position (``TrainState``), the parallelism strategy (``distributed.Parallel``:
+one process, DDP or FSDP2), and the callbacks around the steps (``callbacks.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,20 +24,70 @@ from rich.console import Console
 from torch import nn
 
 from headstart.config import OptimConfig, ScheduleConfig, TrainConfig
-from headstart.errors import HeadstartError
 from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
 from headstart.train import distributed
-from headstart.train.flops import peak_flops
+from headstart.train.callbacks import Callbacks, Checkpointing, Evaluation, StepLog, Stopping
+from headstart.train.device import pick_device, pick_precision
+from headstart.train.distributed import Parallel
 from headstart.train.log import MetricsFile, ProgressDisplay
 from headstart.train.optim import build_optimizer, carried_state
 from headstart.train.schedule import lr_multiplier
+from headstart.train.state import TrainState
 
 
 class SampleSource(Protocol):
     def batch(self, first: int, count: int) -> Any:
         """Samples ``first .. first+count-1``, deterministic in the index."""
         ...
+
+
+class LoopSettings(Protocol):
+    """A run's config as the loop reads it (pretraining and fine-tuning configs both are)."""
+
+    train: TrainConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+
+
+@dataclass
+class Job:
+    """What a run trains: the model, the objective that scores it, the samples, the settings,
+    and the training FLOPs one unit (a token, an image) costs. ``lr_scale``: a learning-rate
+    factor by parameter name (layer-wise decay)."""
+
+    model: nn.Module
+    objective: Objective
+    source: SampleSource
+    settings: LoopSettings
+    flops_per_unit: float
+    lr_scale: Callable[[str], float] | None = None
+
+
+@dataclass
+class Outputs:
+    """Where a run writes and what it shows: its directory, the config every checkpoint holds,
+    the evaluation it logs, and files of its own for each checkpoint (``write_extras``)."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    write_extras: Callable[[Path], None] | None = None
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    quiet: bool = False
+
+
+@dataclass
+class Start:
+    """Where a run starts: a checkpoint to resume, or fresh, with compute already spent on the
+    model (a warm start: FLOPs and seconds), another run's optimizer state to start from instead
+    of zero moments (and where it came from), and whether to evaluate before the first step."""
+
+    resume: Path | None = None
+    prior_flops: float = 0.0
+    prior_seconds: float = 0.0
+    carried_optimizer: tuple[dict[str, Any], str] | None = None
+    eval_at_start: bool = False
 
 
 @dataclass
@@ -50,33 +99,6 @@ class LoopResult:
     last_eval: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     interrupted: bool = False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise HeadstartError(f"train.device={name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HeadstartError(f"train.device={name!r}: no CUDA device is available here")
-    return device
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` takes bf16 where the hardware runs it faster than fp32, measured, not assumed."""
-    if name == "fp32":
-        return torch.float32
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return (
-        torch.bfloat16
-        if peak_flops(torch.bfloat16, device) > 1.2 * peak_flops(torch.float32, device)
-        else torch.float32
-    )
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -91,225 +113,144 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into a flag checked between steps, so the loop can checkpoint first."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = {}
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def train_loop(
-    model: nn.Module,
-    objective: Objective,
-    source: SampleSource,
-    train: TrainConfig,
-    optim: OptimConfig,
-    schedule: ScheduleConfig,
-    run_dir: Path,
-    config_dict: dict[str, Any],
-    flops_per_token: float,
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-    write_extras: Callable[[Path], None] | None = None,
-    lr_scale: Callable[[str], float] | None = None,
-    prior: tuple[float, float] = (0.0, 0.0),
-    resume: Path | None = None,
-    carried_optimizer: tuple[dict[str, Any], str] | None = None,
-    eval_at_start: bool = False,
-    console: Console | None = None,
-    quiet: bool = False,
-) -> LoopResult:
-    """Train ``model`` for ``train.steps`` optimizer steps; returns where it ended.
-
-    ``prior``: FLOPs and seconds already spent on the model before the loop (a warm start),
-    counted in its compute record. ``carried_optimizer``: another run's optimizer state (and
-    where it came from) that a fresh run starts from instead of zero moments. ``eval_at_start``:
-    a fresh run also evaluates before its first step (a continued run's starting point)."""
-    console = console or Console(stderr=True)
+def train_loop(job: Job, outputs: Outputs, start: Start | None = None) -> LoopResult:
+    """Train ``job.model`` for ``train.steps`` optimizer steps; returns where it ended."""
+    start = start or Start()
+    train = job.settings.train
     parallel = distributed.start(train, pick_device(train.device))
-    distributed.refuse_coupled(objective, parallel)
-    device = parallel.device
-    dtype = parallel.from_main(pick_precision(train.precision, device))
-    model.to(device)
-    sharded = resume is not None and distributed.is_sharded(resume)
-    if resume is not None and not sharded:
-        ckpt.load_weights(resume, model)
-    wrapped = distributed.wrap(torch.compile(model) if train.compile else model, parallel)
-    optimizer = build_optimizer(model, optim, device, lr_scale)
-    if carried_optimizer is not None and resume is None:
-        distributed.load_optimizer(model, optimizer, carried_state(optimizer, *carried_optimizer))
-    step, samples_seen, tokens_seen = 0, 0, 0
-    flops_spent, elapsed_before = prior
-    if resume is not None:
-        state = ckpt.load_state(resume)
-        if sharded:
-            distributed.load_sharded(resume, model, optimizer)
-        else:
-            distributed.load_optimizer(model, optimizer, state["optimizer"])
-        step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
-        flops_spent, elapsed_before = state["flops"], state["elapsed_s"]
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-    peak = peak_flops(dtype, device)
-    resume_step = step if resume is not None else None
-    metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step) if parallel.main else None  # rank 0 writes
-    unit = getattr(objective, "unit", "tok")
-    progress = ProgressDisplay(console, train.steps, step, quiet=quiet or not parallel.main, unit=unit)
-    per_step = train.batch_size * train.grad_accum
+    parallel.refuse_coupled(job.objective)
+    dtype = parallel.from_main(pick_precision(train.precision, parallel.device))
+    state, wrapped = initial_state(job, start, parallel)
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
+        torch.autocast(parallel.device.type, dtype=torch.bfloat16)
+        if dtype == torch.bfloat16
+        else contextlib.nullcontext()
     )
+    callbacks = build_callbacks(job, outputs, start, parallel, state, wrapped, dtype, autocast)
     last_eval: dict[str, float] = {}
     last_checkpoint: Path | None = None
-    start_time = time.perf_counter()
-    window_start, window_step, window_tokens, window_losses = start_time, step, 0, []
-    window_extra: dict[str, list[torch.Tensor]] = {}
-
-    def save(at_step: int) -> Path:
-        state = {"optimizer": optimizer.state_dict()} if parallel.mode == "none" else {}  # else: in the shards
-        state.update(
-            step=at_step,
-            samples_seen=samples_seen,
-            tokens_seen=tokens_seen,
-            flops=flops_spent,
-            elapsed_s=elapsed_before + time.perf_counter() - start_time,
-            torch_rng=torch.get_rng_state(),
-        )
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-
-        def extras(folder: Path) -> None:
-            if write_extras is not None:
-                write_extras(folder)
-            if metrics is not None and metrics.path.exists():
-                (folder / "metrics.jsonl").write_bytes(metrics.path.read_bytes())
-            compute = {
-                "flops": flops_spent,
-                "flops_per_token": flops_per_token,
-                "tokens": tokens_seen,
-                "steps": at_step,
-                "wall_seconds": state["elapsed_s"],
-                "device": str(device),
-                "precision": str(dtype).removeprefix("torch."),
-            }
-            (folder / "compute.json").write_text(json.dumps(compute, indent=1), encoding="utf-8")
-
-        root, keep = run_dir / "checkpoints", train.keep_checkpoints
-        if parallel.mode == "none":
-            return ckpt.write_checkpoint(root, at_step, model, state, config_dict, extras, keep=keep)
-        return distributed.save_checkpoint(parallel, root, at_step, model, optimizer, state, config_dict, extras, keep)
-
-    def run_eval(at_step: int) -> dict[str, float]:
-        if evaluate is None:
-            return {}
-        model.eval()
-        with torch.no_grad(), autocast:
-            result = distributed.evaluate(wrapped, model, evaluate)
-        model.train()
-        elapsed = elapsed_before + time.perf_counter() - start_time
-        if metrics is not None:
-            metrics.write({"step": at_step, "split": "val", "tokens": tokens_seen, "elapsed_s": elapsed, **result})
-        progress.note(f"step {at_step}  " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        return result
-
-    interrupted = False
-    if eval_at_start and resume is None:
-        run_eval(0)
-    model.train()
     try:
-        with deferred_interrupt() as signals:
-            while step < train.steps:
-                lr = optim.lr * lr_multiplier(step, train.steps, schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                for micro in range(train.grad_accum):
-                    raw = source.batch(samples_seen + micro * train.batch_size, train.batch_size)
-                    full = objective.make_batch(raw, step_generator(train.seed, step, micro))  # the global batch
-                    rows = parallel.rows(full)
-                    batch, weight = to_device(rows, device), parallel.weight(objective, full, rows)
-                    with distributed.accumulating(wrapped, parallel, sync=micro == train.grad_accum - 1):
-                        if getattr(objective, "chunk", 0) > 0:  # GradCache: the objective back-propagates itself
-                            with autocast:
-                                loss, extra = wrapped(objective.backward_loss, batch, 1.0 / train.grad_accum)
-                        else:
-                            with autocast:
-                                loss, extra = wrapped(objective.loss, batch)
-                            (loss * weight / train.grad_accum).backward()
-                    window_losses.append(loss.detach() * weight)
-                    for key, value in extra.items():
-                        window_extra.setdefault(key, []).append(value)
-                    n_tokens = objective.tokens(full)  # all ranks'
-                    tokens_seen += n_tokens
-                    window_tokens += n_tokens
-                    flops_spent += flops_per_token * n_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), optim.grad_clip if optim.grad_clip > 0 else math.inf
-                )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                samples_seen += per_step
-                step += 1
-                if step % train.log_every == 0 or step == train.steps:
-                    now = time.perf_counter()
-                    loss_value = parallel.mean(torch.stack(window_losses).float().mean()).item()
-                    if not math.isfinite(loss_value):
-                        raise HeadstartError(
-                            f"training diverged at step {step} (loss {loss_value}); "
-                            f"lower optim.lr (now {optim.lr:g}) or raise schedule.warmup_steps"
-                        )
-                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                    elapsed = elapsed_before + now - start_time
-                    record = {
-                        "step": step,
-                        "loss": loss_value,
-                        "lr": lr,
-                        "grad_norm": float(distributed.whole(grad_norm)),
-                        "tokens_per_s": tokens_per_s,
-                        "mfu": tokens_per_s * flops_per_token / peak,
-                        "tokens": tokens_seen,
-                        "elapsed_s": elapsed,
-                        "eta_s": (train.steps - step) * (now - window_start) / max(1, step - window_step),
-                        **{k: parallel.mean(torch.stack(v).float().mean()).item() for k, v in window_extra.items()},
-                    }
-                    if metrics is not None:
-                        metrics.write(record)
-                    progress.update(record, train.steps)
-                    window_start, window_step, window_tokens, window_losses, window_extra = now, step, 0, [], {}
-                if train.eval_every and step % train.eval_every == 0 and step < train.steps:
-                    last_eval = run_eval(step)
-                    window_start = time.perf_counter()  # evaluation time is not training throughput
-                out_of_time = train.max_minutes > 0 and time.perf_counter() - start_time > 60 * train.max_minutes
-                signalled, out_of_time = parallel.any_rank(bool(signals), out_of_time)
-                if signalled or out_of_time:
-                    interrupted = signalled
+        with callbacks.stop.catching_signals():
+            if start.eval_at_start and start.resume is None:
+                callbacks.evaluate(state)
+            while state.step < train.steps:
+                lr = set_learning_rate(state.optimizer, state.step, job.settings)
+                grad_norm = train_step(job, state, wrapped, parallel, autocast, callbacks.log)
+                callbacks.log.after_step(state, lr, grad_norm)
+                evaluate, checkpoint = callbacks.due(train, state.step)
+                if evaluate:
+                    last_eval = callbacks.evaluate(state)
+                if callbacks.stop():
                     break
-                if train.checkpoint_every and step % train.checkpoint_every == 0 and step < train.steps:
-                    last_checkpoint = save(step)
-        if not interrupted:
-            last_eval = run_eval(step) or last_eval
-        last_checkpoint = save(step)
+                if checkpoint:
+                    last_checkpoint = callbacks.checkpoint(state)
+        if not callbacks.stop.signalled:
+            last_eval = callbacks.evaluate(state) or last_eval
+        last_checkpoint = callbacks.checkpoint(state)
     finally:
-        progress.close()
+        callbacks.log.progress.close()
     return LoopResult(
-        step=step,
-        tokens_seen=tokens_seen,
-        flops=flops_spent,
-        elapsed_s=elapsed_before + time.perf_counter() - start_time,
-        last_eval=last_eval,
-        checkpoint=last_checkpoint,
-        interrupted=interrupted,
+        state.step, state.tokens_seen, state.flops, state.elapsed_s, last_eval, last_checkpoint,
+        callbacks.stop.signalled,
+    )  # fmt: skip
+
+
+def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainState, nn.Module]:
+    """The model on its device, wrapped for the strategy, its optimizer, and the run's position:
+    from ``start.resume`` (weights, optimizer, counters, RNG) or fresh."""
+    model, train = job.model, job.settings.train
+    model.to(parallel.device)
+    if start.resume is not None:
+        parallel.load_weights(start.resume, model)
+    wrapped = parallel.wrap(torch.compile(model) if train.compile else model)
+    optimizer = build_optimizer(model, job.settings.optim, parallel.device, job.lr_scale)
+    state = TrainState(model, optimizer, parallel.device, flops=start.prior_flops, elapsed_before=start.prior_seconds)
+    if start.resume is not None:
+        parallel.load_training(start.resume, model, optimizer)
+        state.load_state_dict(ckpt.load_state(start.resume))
+    elif start.carried_optimizer is not None:
+        distributed.load_optimizer(model, optimizer, carried_state(optimizer, *start.carried_optimizer))
+    return state, wrapped
+
+
+def build_callbacks(
+    job: Job,
+    outputs: Outputs,
+    start: Start,
+    parallel: Parallel,
+    state: TrainState,
+    wrapped: nn.Module,
+    dtype: torch.dtype,
+    autocast: AbstractContextManager[Any],
+) -> Callbacks:
+    train = job.settings.train
+    resume_step = state.step if start.resume is not None else None
+    metrics = MetricsFile(outputs.run_dir / "metrics.jsonl", resume_step) if parallel.main else None  # rank 0 writes
+    unit = getattr(job.objective, "unit", "tok")
+    quiet = outputs.quiet or not parallel.main
+    progress = ProgressDisplay(outputs.console, train.steps, state.step, quiet=quiet, unit=unit)
+    log = StepLog(
+        parallel, metrics, progress, job.flops_per_unit, parallel.peak_flops(dtype), train.steps, train.log_every,
+        job.settings.optim.lr, start_step=state.step,
+    )  # fmt: skip
+    root = outputs.run_dir / "checkpoints"
+    return Callbacks(
+        log=log,
+        evaluate=Evaluation(outputs.evaluate, parallel, wrapped, autocast, log),
+        checkpoint=Checkpointing(
+            parallel,
+            root,
+            outputs.config,
+            train.keep_checkpoints,
+            job.flops_per_unit,
+            dtype,
+            metrics,
+            outputs.write_extras,
+        ),
+        stop=Stopping(parallel, train.max_minutes),
     )
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, settings: LoopSettings) -> float:
+    """The schedule's learning rate at ``step``, times each parameter group's own scale."""
+    lr = settings.optim.lr * lr_multiplier(step, settings.train.steps, settings.schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    return lr
+
+
+def train_step(
+    job: Job,
+    state: TrainState,
+    wrapped: nn.Module,
+    parallel: Parallel,
+    autocast: AbstractContextManager[Any],
+    log: StepLog,
+) -> torch.Tensor:
+    """One optimizer step over ``grad_accum`` micro-batches of the global batch (this rank's rows
+    of each); returns the gradient norm before clipping."""
+    train, objective = job.settings.train, job.objective
+    for micro in range(train.grad_accum):
+        raw = job.source.batch(state.samples_seen + micro * train.batch_size, train.batch_size)
+        full = objective.make_batch(raw, step_generator(train.seed, state.step, micro))  # the global batch
+        rows = parallel.rows(full)
+        batch, weight = to_device(rows, parallel.device), parallel.weight(objective, full, rows)
+        with parallel.accumulating(wrapped, sync=micro == train.grad_accum - 1):
+            if getattr(objective, "chunk", 0) > 0:  # GradCache: the objective back-propagates itself
+                with autocast:
+                    loss, extra = wrapped(objective.backward_loss, batch, 1.0 / train.grad_accum)
+            else:
+                with autocast:
+                    loss, extra = wrapped(objective.loss, batch)
+                (loss * weight / train.grad_accum).backward()
+        tokens = objective.tokens(full)  # all ranks'
+        log.add(loss.detach() * weight, extra, tokens)
+        state.tokens_seen += tokens
+        state.flops += job.flops_per_unit * tokens
+    clip = job.settings.optim.grad_clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip if clip > 0 else math.inf)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.samples_seen += train.batch_size * train.grad_accum
+    state.step += 1
+    return grad_norm

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,19 +20,21 @@ from headstart.data.shards import TokenShards, open_shards
 from headstart.data.tokenizers import TokenizerInfo, load_tokenizer, tokenizer_info, word_start
 from headstart.data.windows import WindowSampler, eval_windows
 from headstart.errors import HeadstartError
-from headstart.models import TextBackbone, build_backbone, resolve
+from headstart.files import read_jsonl
+from headstart.models import TextBackbone, resolve
+from headstart.models.build import backbone_of, build_model
 from headstart.objectives.base import Objective
 from headstart.objectives.classify import pad_batch
 from headstart.objectives.clm import CausalLM
-from headstart.objectives.contrastive import SentenceEncoder, SimCSE
+from headstart.objectives.contrastive import SimCSE
 from headstart.objectives.mlm import MaskedLM
-from headstart.objectives.rtd import ElectraPair, ReplacedTokenDetection, default_generator_layers
+from headstart.objectives.rtd import ReplacedTokenDetection, default_generator_layers
 from headstart.objectives.skipgram import SkipGramVectors, train_skipgram
 from headstart.train import checkpoint as ckpt
 from headstart.train.continued import carried_optimizer, forgetting, grow_vocabulary, lineage_of, write_lineage
 from headstart.train.distributed import launched
 from headstart.train.flops import train_flops_per_token
-from headstart.train.loop import LoopResult, train_loop
+from headstart.train.loop import Job, LoopResult, Outputs, Start, train_loop
 from headstart.train.pretrain_images import pretrain_images
 from headstart.train.run_dir import open_run
 from headstart.train.validate import evaluate_windows
@@ -55,24 +56,6 @@ def build_objective(config: PretrainConfig, tokenizer: Tokenizer) -> Objective:
     if config.objective.name == "rtd":
         return ReplacedTokenDetection(**masking, detection_weight=config.objective.detection_weight)
     return MaskedLM(**masking)
-
-
-def build_model(config: PretrainConfig) -> nn.Module:
-    """What the loop trains: the backbone (``model.kind``), or for ELECTRA the pair around it
-    (the backbone is its ``discriminator``)."""
-    backbone = build_backbone(config.model)
-    if config.objective.name == "rtd":
-        return ElectraPair(backbone, config.objective.generator_layers)
-    if config.objective.name == "simcse":
-        return SentenceEncoder(backbone)
-    return backbone
-
-
-def backbone_of(model: nn.Module) -> TextBackbone:
-    """The backbone that fine-tuning starts from."""
-    if isinstance(model, ElectraPair):
-        return model.discriminator
-    return model.backbone if isinstance(model, SentenceEncoder) else model  # type: ignore[return-value]
 
 
 def skipgram_embeddings(
@@ -291,42 +274,17 @@ def pretrain(
         if lineage:
             write_lineage(lineage, folder)
 
-    result = train_loop(
-        model,
-        objective,
-        source,
-        config.train,
-        config.optim,
-        config.schedule,
-        run_dir,
-        config_dict,
-        pretrain_flops_per_token(config),
-        evaluate=evaluate,
-        write_extras=write_extras,
-        prior=prior,
-        resume=resume_from,
-        carried_optimizer=carried_optimizer(continued.folder, config.init_optimizer) if continued else None,
-        eval_at_start=origin is not None,
-        console=console,
-        quiet=quiet,
-    )
+    job = Job(model, objective, source, config, pretrain_flops_per_token(config))
+    outputs = Outputs(run_dir, config_dict, evaluate, write_extras, console, quiet)
+    carried = carried_optimizer(continued.folder, config.init_optimizer) if continued else None
+    start = Start(resume_from, *prior, carried, eval_at_start=origin is not None)
+    result = train_loop(job, outputs, start)
     if origin is not None and (change := forgetting(run_dir / "metrics.jsonl")):
         console.print(
             f"forgetting: validation loss on {continued.source.data.shards} {change[0]:.4f} → {change[1]:.4f}",
             highlight=False,
         )
     return result
-
-
-def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:
-    """A checkpoint's model as trained (weights loaded, eval mode), its config, and its directory."""
-    folder = ckpt.resolve_checkpoint(path)
-    ckpt.verify(folder)
-    config = build(PretrainConfig, ckpt.read_config(folder), "checkpoint config")
-    model = build_model(config)
-    ckpt.load_weights(folder, model)
-    model.eval()
-    return model, config, folder
 
 
 def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
@@ -354,7 +312,7 @@ def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
         pretrain(probe, console=Console(quiet=True), quiet=True)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = read_jsonl(run_dir / "metrics.jsonl")
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return [r for r in records if "tokens_per_s" in r][-1]

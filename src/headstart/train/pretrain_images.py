@@ -21,15 +21,15 @@ from headstart.data.augment import build_views
 from headstart.data.examples import ExampleBatches
 from headstart.data.images import ImageSet, read_images
 from headstart.errors import HeadstartError
-from headstart.models.vision import VisionTransformer, build_vision
+from headstart.models.build import build_model
 from headstart.objectives.base import Objective
-from headstart.objectives.contrastive import ContrastiveModel, SimCLR
-from headstart.objectives.mae import MAE, MaskedAutoencoder
+from headstart.objectives.contrastive import SimCLR
+from headstart.objectives.mae import MAE
 from headstart.train import checkpoint as ckpt
 from headstart.train.continued import carried_optimizer, lineage_of, write_lineage
 from headstart.train.flops import counted_flops
 from headstart.train.frozen_features import frozen_scores
-from headstart.train.loop import LoopResult, train_loop
+from headstart.train.loop import Job, LoopResult, Outputs, Start, train_loop
 from headstart.train.run_dir import open_run
 
 IMAGE_OBJECTIVES = ("simclr", "mae")
@@ -52,16 +52,6 @@ def resolve_vision(config: PretrainConfig, images: ImageSet) -> PretrainConfig:
     return replace(config, vision=vision, run=replace(config.run, name=name))
 
 
-def build_image_model(config: PretrainConfig) -> nn.Module:
-    """What the loop trains; its ``backbone`` is what fine-tuning and probes start from."""
-    backbone = build_vision(config.vision)
-    objective = config.objective
-    if objective.name == "mae":
-        assert isinstance(backbone, VisionTransformer)
-        return MaskedAutoencoder(backbone, objective.decoder_width, objective.decoder_depth, config.vision.n_head)
-    return ContrastiveModel(backbone, objective.projection_hidden, objective.projection_dim)
-
-
 def continue_image_checkpoint(config: PretrainConfig) -> tuple[PretrainConfig, nn.Module, Path]:
     """``config`` with the backbone settings of the image checkpoint it continues, and that
     checkpoint's trained model and directory. Domain-adaptive pretraining on new images: the whole model
@@ -77,7 +67,7 @@ def continue_image_checkpoint(config: PretrainConfig) -> tuple[PretrainConfig, n
             raise HeadstartError(
                 f"init={config.init}: trained on images with {name}={trained}; {config.data.images} has {given}"
             )
-    trained = build_image_model(source)
+    trained = build_model(source)
     ckpt.load_weights(folder, trained)
     return replace(config, vision=source.vision), trained, folder
 
@@ -135,7 +125,7 @@ def pretrain_images(
     if config.init:
         config, continued, folder = continue_image_checkpoint(config)
     run_dir, resume_from = open_run(config, resume, console)
-    model = build_image_model(config)
+    model = build_model(config)
     if continued is not None:
         console.print(f"continuing {folder}: its {load_continued(model, continued)}", highlight=False)
     lineage = lineage_of(folder) if folder else []
@@ -159,20 +149,8 @@ def pretrain_images(
             return frozen_scores(model.backbone, *fit, *test)
 
     sample = torch.from_numpy(train.images[: min(8, len(train))].copy())  # a view of read-only data
-    return train_loop(
-        model,
-        objective,
-        ExampleBatches(len(train), lambda rows: torch.from_numpy(train.images[rows]), config.train.seed),
-        config.train,
-        config.optim,
-        config.schedule,
-        run_dir,
-        to_dict(config),
-        flops_per_image(model, objective, sample),
-        evaluate=evaluate,
-        write_extras=(lambda into: write_lineage(lineage, into)) if lineage else None,
-        resume=resume_from,
-        carried_optimizer=carried,
-        console=console,
-        quiet=quiet,
-    )
+    source = ExampleBatches(len(train), lambda rows: torch.from_numpy(train.images[rows]), config.train.seed)
+    job = Job(model, objective, source, config, flops_per_image(model, objective, sample))
+    extras = (lambda into: write_lineage(lineage, into)) if lineage else None
+    outputs = Outputs(run_dir, to_dict(config), evaluate, extras, console, quiet)
+    return train_loop(job, outputs, Start(resume_from, carried_optimizer=carried))

@@ -12,11 +12,10 @@ from headstart.config import PretrainConfig, to_dict
 from headstart.errors import HeadstartError
 from headstart.train import checkpoint as ckpt
 from headstart.train import distributed
-from headstart.train.loop import pick_device
+from headstart.train.device import pick_device
 
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {
-    ("train", "steps"),
     ("train", "max_minutes"),
     ("train", "eval_every"),
     ("train", "log_every"),
@@ -31,6 +30,12 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], wher
             if (section, key) in RESUMABLE_CHANGES:
                 continue
             before = saved.get(section, {}).get(key) if isinstance(values, dict) else saved.get(section, "")
+            if before != value and (section, key) == ("train", "steps"):
+                raise HeadstartError(
+                    f"resume from {where}: train.steps was {before}, now {value}; the learning-rate schedule spans "
+                    "train.steps, so another count would bend it mid-run. Resume with the same train.steps, or train "
+                    f"on from this checkpoint as a new run: init={where} init_optimizer=carry run.name=NEW"
+                )
             if before != value:
                 name = f"{section}.{key}" if key else section
                 raise HeadstartError(

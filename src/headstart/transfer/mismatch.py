@@ -43,9 +43,11 @@ from headstart.data.tokenizers import encode_documents, load_tokenizer, tokenize
 from headstart.data.windows import eval_windows
 from headstart.embed import embed_texts
 from headstart.errors import HeadstartError
+from headstart.models.build import backbone_of
+from headstart.models.pretraining import ElectraPair
 from headstart.objectives.base import Objective
-from headstart.objectives.rtd import ElectraPair
-from headstart.train.pretrain import backbone_of, build_objective, load_pretrained
+from headstart.train.checkpoint import load_pretrained
+from headstart.train.pretrain import build_objective
 from headstart.train.probe import fit_logistic
 from headstart.train.validate import evaluate_windows
 from headstart.transfer.reference import ngram_features, words

@@ -16,11 +16,22 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
+from headstart.config import FinetuneConfig, StudyConfig
+from headstart.data.labelled import LabelledText, read_labelled_jsonl, stratified_budget
+from headstart.data.sources import ReadOptions, SkipLog, read_documents
+from headstart.objectives.classify import accuracy_and_macro_f1
 from headstart.objectives.skipgram import train_skipgram
+from headstart.tasks.image import ImageClassifyTask
+from headstart.train.finetune import split_validation
+from headstart.train.probe import fit_logistic
 
 WORD = re.compile(r"[\w']+|[^\w\s]")
 
@@ -98,3 +109,92 @@ def train_word_vectors(
 def pixel_features(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) images → (N, H·W·C) floats in [0, 1]."""
     return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
+
+
+def read_vectors(path: Path) -> WordVectors | None:
+    """Word vectors a study cached, or None when there are none to trust. Loaded with
+    ``weights_only=True`` (tensors, strings and numbers; never arbitrary objects), on every
+    torch version headstart supports."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+        return WordVectors(saved["vocabulary"], saved["vectors"], saved["seconds"], saved["pairs"])
+    except Exception:  # not a cache this study wrote (truncated, or holding objects): train anew
+        return None
+
+
+def write_vectors(vectors: WordVectors, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    try:
+        torch.save(vars(vectors), tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# Reference inits read out by logistic regression, and the task kind each reads.
+REFERENCES = {"skipgram": "classify", "ngrams": "classify", "pixels": "image"}
+
+
+class References:
+    """The classical reference inits, read out by the same logistic probe as a frozen backbone."""
+
+    def __init__(self, config: StudyConfig, base: FinetuneConfig, run_dir: Path, console: Console) -> None:
+        self.task = base.task
+        self.val_fraction, self.val_max = base.val_fraction, base.val_max
+        self.config, self.run_dir, self.console = config, run_dir, console
+        self._vectors: WordVectors | None = None
+
+    def vectors(self) -> WordVectors:
+        if self._vectors is None:
+            cache = self.run_dir / "reference" / "skipgram.pt"
+            self._vectors = read_vectors(cache)
+            if self._vectors is None:
+                skipped = SkipLog()
+                documents = list(read_documents(self.config.reference_text, ReadOptions(text_mode="line"), skipped))
+                self.console.print(f"skip-gram reference: training word vectors on {len(documents):,} documents")
+                self._vectors = train_word_vectors(documents)
+                write_vectors(self._vectors, cache)
+        return self._vectors
+
+    @cached_property
+    def train(self) -> LabelledText:
+        return read_labelled_jsonl(self.task.train, self.task.text_field, self.task.label_field)
+
+    @cached_property
+    def eval(self) -> LabelledText:
+        task = self.task
+        return read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
+
+    @cached_property
+    def images(self) -> ImageClassifyTask:
+        task = ImageClassifyTask(self.task)
+        task.read()
+        return task
+
+    def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
+        strata = self.images.strata if kind == "pixels" else self.train.labels
+        chosen = stratified_budget(strata, budget, seed)
+        fit, held = split_validation(strata, chosen, self.val_fraction, seed, self.val_max)
+        labels = torch.from_numpy(strata)
+        if kind == "pixels":
+            task = self.images
+            splits = (task.encode("train", fit), task.encode("train", held), task.encode("eval"))
+            x, v, e = (pixel_features(split.images) for split in splits)
+            probe = fit_logistic(x, labels[fit], v, labels[held], task.n_classes)
+            metrics = task.metrics(e @ probe.weight.T + probe.bias, splits[2].labels)
+        else:
+            data = self.train
+            fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
+            if kind == "skipgram":
+                vectors = self.vectors()
+                x, v, e = (vectors.sentence_features(t) for t in (fit_texts, held_texts, self.eval.texts))
+            else:
+                x, v, e = ngram_features(fit_texts, [fit_texts, held_texts, self.eval.texts])
+            probe = fit_logistic(x, labels[fit], v, labels[held], len(data.classes))
+            metrics = accuracy_and_macro_f1(probe.predict(e).numpy(), self.eval.labels, len(data.classes))
+        return {"metric": "accuracy", "budget": len(chosen), "best_val": probe.val_accuracy,
+                "chosen": f"logistic l2={probe.l2:g}",
+                "steps": 0, "best_step": 0, "flops": 0.0, "sweep_flops": 0.0, **metrics}  # fmt: skip

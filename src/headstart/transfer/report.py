@@ -3,25 +3,22 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import t as student_t
+
 from headstart.config import StudyConfig
+from headstart.files import read_jsonl, write_markdown
 from headstart.plots import plt, save_figure  # plots sets the display-free backend first
 from headstart.train import checkpoint as ckpt
 from headstart.train.continued import LINEAGE, read_json
 from headstart.transfer.efficiency import label_efficiency, steps_to_target
-from headstart.transfer.reference import WordVectors
-from headstart.transfer.study import REFERENCES, References, read_results
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (n − 1); 1.96 beyond.
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+from headstart.transfer.reference import REFERENCES, References, WordVectors
+from headstart.transfer.results import read_results
 
 
 def scale(metric: str) -> float:
@@ -34,8 +31,7 @@ def mean_and_interval(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
-    df = len(values) - 1
-    quantile = T_975.get(df) or next((q for d, q in sorted(T_975.items()) if d >= df), 1.96)
+    quantile = float(student_t.ppf(0.975, len(values) - 1))  # two-sided 95%, exact for every seed count
     return mean, quantile * statistics.stdev(values) / math.sqrt(len(values))
 
 
@@ -50,11 +46,9 @@ def grouped(records: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str,
 def eval_curve(run_dir: Path, metric: str, split: str = "eval") -> tuple[list[int], list[float]]:
     """``metric`` at each evaluation of a fine-tune run, on the reported set (``eval``) or on
     the carved validation split (``val``: for tasks too costly to score in full along the way)."""
-    path = run_dir / "metrics.jsonl"
     key = f"{split}_{metric}"
     steps, values = [], []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        record = json.loads(line)
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
         if key in record:
             steps.append(record["step"])
             values.append(record[key])
@@ -170,19 +164,8 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
             lines.append(f"| {init} | " + " | ".join(cells) + " |")
         target = config.target or scratch_means[-1]
         why = "set in the study" if config.target else f"what {scratch} reaches with {scratch_budgets[-1]:,} labels"
-        lines += ["", "## Steps to target", "",
-                  f"Fine-tuning steps until the reported {metric} first reaches {scale(metric) * target:.1f} ({why}); "
-                  "median over seeds (seeds there / seeds), — when none is.", "", *header(budgets)]  # fmt: skip
-        for init, by_budget in table.items():
-            if config.inits[init] in REFERENCES:
-                continue
-            cells = []
-            for budget in budgets:
-                reached = [steps_to_target(*eval_curve(run_dir / "runs" / c["run"], metric), target)
-                           for c in by_budget.get(budget, []) if c.get("run")]  # fmt: skip
-                hits = sorted(s for s in reached if s is not None)
-                cells.append(f"{statistics.median(hits):.0f} ({len(hits)}/{len(reached)})" if hits else "—")
-            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        lines += ["", "## Steps to target", ""]
+        lines += steps_to_target_rows(table, config, budgets, run_dir / "runs", metric, target, why)
         lines += ["", "![metric against fine-tuning step](metric_vs_step.png)", ""]
 
     lines += compute_section(table, config, references)
@@ -205,44 +188,82 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
     return write_markdown(run_dir / "report.md", lines)
 
 
-def write_markdown(path: Path, lines: list[str]) -> Path:
-    """Write ``lines`` through a temporary sibling and rename it: a crash leaves the previous report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+def steps_to_target_rows(
+    table: dict[str, dict[int, list[dict[str, Any]]]],
+    config: StudyConfig,
+    budgets: list[int],
+    runs: Path,
+    metric: str,
+    target: float,
+    why: str,
+) -> list[str]:
+    """Per init and budget, the median fine-tuning step at which the reported metric first reached
+    ``target``; said to be unmeasured when the task keeps no curve of the reported set."""
+    curves = {
+        (init, budget): [eval_curve(runs / c["run"], metric) for c in cells if c.get("run")]
+        for init, by_budget in table.items()
+        if config.inits[init] not in REFERENCES
+        for budget, cells in by_budget.items()
+    }
+    if not any(steps for cell in curves.values() for steps, _ in cell):
+        return [f"Not measured: this task does not score the reported set while it fine-tunes (it is scored once, "
+                f"with the weights of the best validation step), so there is no curve to read the step at which "
+                f"{metric} reached {scale(metric) * target:.1f} off.", ""]  # fmt: skip
+    lines = [f"Fine-tuning steps until the reported {metric} first reaches {scale(metric) * target:.1f} ({why}); "
+             "median over seeds (seeds there / seeds), — when none is.", "", *header(budgets)]  # fmt: skip
+    for init in table:
+        if config.inits[init] in REFERENCES:
+            continue
+        cells = []
+        for budget in budgets:
+            reached = [steps_to_target(steps, values, target) for steps, values in curves.get((init, budget), [])]
+            hits = sorted(s for s in reached if s is not None)
+            cells.append(f"{statistics.median(hits):.0f} ({len(hits)}/{len(reached)})" if hits else "—")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def compute_section(
     table: dict[str, dict[int, list[dict[str, Any]]]], config: StudyConfig, references: References
 ) -> list[str]:
     """Pretraining FLOPs (the checkpoint's compute.json, plus its ancestors' for a continued one),
-    fine-tuning FLOPs, and the break-even: how many fine-tuning sweeps the pretraining compute
-    would pay for."""
+    fine-tuning FLOPs, and the break-even: how many fine-tuning sweeps from scratch the
+    pretraining compute would pay for (the init's own sweep where the study has no scratch init)."""
+    sweeps = {
+        init: [c["sweep_flops"] for cells in by_budget.values() for c in cells] for init, by_budget in table.items()
+    }
+    per_sweep = {init: statistics.fmean(values) if values else 0.0 for init, values in sweeps.items()}
+    scratch = [per_sweep[init] for init in table if config.inits[init] == "scratch" and per_sweep[init]]
+    divisor = "a scratch sweep" if scratch else "the init's own sweep"
     lines = ["## Compute", "",
              "| init | pretraining FLOPs | pretraining wall time | fine-tune FLOPs per sweep (mean) | "
-             "break-even (sweeps) |", "|---|---|---|---|---|"]  # fmt: skip
-    for init, by_budget in table.items():
-        source = config.inits[init]
-        sweeps = [c["sweep_flops"] for cells in by_budget.values() for c in cells]
-        per_sweep = statistics.fmean(sweeps) if sweeps else 0.0
-        pre_flops, wall = 0.0, "—"
-        if source == "skipgram":
-            vectors: WordVectors = references.vectors()
-            wall = f"{vectors.seconds:.0f} s ({vectors.pairs:,} word pairs)"
-        elif source not in ("scratch", *REFERENCES):
-            folder = ckpt.resolve_checkpoint(source)
-            compute = read_json(folder / "compute.json")
-            if compute:
-                ancestors = read_json(folder / LINEAGE) or []  # a continued checkpoint also cost its parents
-                pre_flops = compute["flops"] + sum(entry.get("flops") or 0.0 for entry in ancestors)
-                wall = f"{compute['wall_seconds'] / 60:.1f} min on {compute['device']}"
-                if ancestors:
-                    wall += f" (+ {len(ancestors)} earlier run{'s' if len(ancestors) > 1 else ''})"
-        break_even = f"{pre_flops / per_sweep:,.0f}" if pre_flops and per_sweep else "—"
-        lines.append(f"| {init} | {pre_flops:.3g} | {wall} | {per_sweep:.3g} | {break_even} |")
-    lines += ["", "Break-even: pretraining FLOPs over the FLOPs of one fine-tuning sweep — how many extra "
-              "sweeps from scratch the same compute would buy; the label-efficiency table says what it buys instead.",
+             f"break-even (sweeps of {divisor}) |", "|---|---|---|---|---|"]  # fmt: skip
+    for init in table:
+        pre_flops, wall = pretraining_cost(config.inits[init], references)
+        against = scratch[0] if scratch else per_sweep[init]
+        break_even = f"{pre_flops / against:,.0f}" if pre_flops and against else "—"
+        lines.append(f"| {init} | {pre_flops:.3g} | {wall} | {per_sweep[init]:.3g} | {break_even} |")
+    lines += ["", f"Break-even: pretraining FLOPs over the FLOPs of {divisor} (its mean over the cells) — how "
+              "many extra fine-tuning sweeps the same compute would buy; the label-efficiency table says what it "
+              "buys instead. Fine-tuning FLOPs count the training steps (forward and backward) of every "
+              "candidate in the sweep; the evaluations that pick each candidate's best step are not counted.",
               ""]  # fmt: skip
     return lines
+
+
+def pretraining_cost(source: str, references: References) -> tuple[float, str]:
+    """FLOPs an init's pretraining spent (its ancestors' included) and its wall time, as shown."""
+    if source == "skipgram":
+        vectors: WordVectors = references.vectors()
+        return 0.0, f"{vectors.seconds:.0f} s ({vectors.pairs:,} word pairs)"
+    if source in ("scratch", *REFERENCES):
+        return 0.0, "—"
+    folder = ckpt.resolve_checkpoint(source)
+    compute = read_json(folder / "compute.json")
+    if not compute:
+        return 0.0, "—"
+    ancestors = read_json(folder / LINEAGE) or []  # a continued checkpoint also cost its parents
+    wall = f"{compute['wall_seconds'] / 60:.1f} min on {compute['device']}"
+    if ancestors:
+        wall += f" (+ {len(ancestors)} earlier run{'s' if len(ancestors) > 1 else ''})"
+    return compute["flops"] + sum(entry.get("flops") or 0.0 for entry in ancestors), wall

@@ -9,14 +9,11 @@ budget — never on the set the report shows. The study is resumable: a cell is 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from headstart.config import (
@@ -30,18 +27,14 @@ from headstart.config import (
     save_yaml,
 )
 from headstart.data.images import read_images
-from headstart.data.labelled import LabelledText, iter_task_records, read_labelled_jsonl, stratified_budget
-from headstart.data.sources import ReadOptions, SkipLog, read_documents
+from headstart.data.labelled import iter_task_records
 from headstart.errors import HeadstartError, Interrupted
-from headstart.objectives.classify import accuracy_and_macro_f1
-from headstart.tasks.image import ImageClassifyTask
 from headstart.train import checkpoint as ckpt
-from headstart.train.finetune import finetune, split_validation
-from headstart.train.probe import fit_logistic
-from headstart.transfer.reference import WordVectors, ngram_features, pixel_features, train_word_vectors
+from headstart.train.finetune import finetune
+from headstart.transfer.reference import REFERENCES, References
+from headstart.transfer.report import write_report
+from headstart.transfer.results import append_line, read_results
 
-# Reference inits read out by logistic regression, and the task kind each reads.
-REFERENCES = {"skipgram": "classify", "ngrams": "classify", "pixels": "image"}
 # What must not change between a study and its resumption (budgets and seeds may grow).
 FIXED = ("finetune", "settings", "architecture", "sweep", "reference_text")
 
@@ -120,95 +113,8 @@ def resumed_study(run_dir: Path, config: StudyConfig) -> StudyConfig:
     return replace(config, inits=inits, init_settings={name: s for name, s in settings.items() if s})
 
 
-def append_line(path: Path, record: dict[str, Any]) -> None:
-    """One whole line per finished cell, flushed to disk before the next cell starts."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Finished cells; a torn last line (a crash mid-write) is ignored and its cell rerun."""
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
 def init_settings(config: StudyConfig, init: str) -> list[str]:
     return config.init_settings.get(init, [])
-
-
-class References:
-    """The classical reference inits, read out by the same logistic probe as a frozen backbone."""
-
-    def __init__(self, config: StudyConfig, base: FinetuneConfig, run_dir: Path, console: Console) -> None:
-        self.task = base.task
-        self.val_fraction, self.val_max = base.val_fraction, base.val_max
-        self.config, self.run_dir, self.console = config, run_dir, console
-        self._vectors: WordVectors | None = None
-
-    def vectors(self) -> WordVectors:
-        if self._vectors is None:
-            cache = self.run_dir / "reference" / "skipgram.pt"
-            if cache.is_file():
-                saved = torch.load(cache)
-                self._vectors = WordVectors(saved["vocabulary"], saved["vectors"], saved["seconds"], saved["pairs"])
-            else:
-                skipped = SkipLog()
-                documents = list(read_documents(self.config.reference_text, ReadOptions(text_mode="line"), skipped))
-                self.console.print(f"skip-gram reference: training word vectors on {len(documents):,} documents")
-                self._vectors = train_word_vectors(documents)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                torch.save(vars(self._vectors), tmp)
-                tmp.replace(cache)
-        return self._vectors
-
-    @cached_property
-    def train(self) -> LabelledText:
-        return read_labelled_jsonl(self.task.train, self.task.text_field, self.task.label_field)
-
-    @cached_property
-    def eval(self) -> LabelledText:
-        task = self.task
-        return read_labelled_jsonl(task.eval, task.text_field, task.label_field, classes=self.train.classes)
-
-    @cached_property
-    def images(self) -> ImageClassifyTask:
-        task = ImageClassifyTask(self.task)
-        task.read()
-        return task
-
-    def cell(self, kind: str, budget: int, seed: int) -> dict[str, Any]:
-        strata = self.images.strata if kind == "pixels" else self.train.labels
-        chosen = stratified_budget(strata, budget, seed)
-        fit, held = split_validation(strata, chosen, self.val_fraction, seed, self.val_max)
-        labels = torch.from_numpy(strata)
-        if kind == "pixels":
-            task = self.images
-            splits = (task.encode("train", fit), task.encode("train", held), task.encode("eval"))
-            x, v, e = (pixel_features(split.images) for split in splits)
-            probe = fit_logistic(x, labels[fit], v, labels[held], task.n_classes)
-            metrics = task.metrics(e @ probe.weight.T + probe.bias, splits[2].labels)
-        else:
-            data = self.train
-            fit_texts, held_texts = [data.texts[i] for i in fit], [data.texts[i] for i in held]
-            if kind == "skipgram":
-                vectors = self.vectors()
-                x, v, e = (vectors.sentence_features(t) for t in (fit_texts, held_texts, self.eval.texts))
-            else:
-                x, v, e = ngram_features(fit_texts, [fit_texts, held_texts, self.eval.texts])
-            probe = fit_logistic(x, labels[fit], v, labels[held], len(data.classes))
-            metrics = accuracy_and_macro_f1(probe.predict(e).numpy(), self.eval.labels, len(data.classes))
-        return {"metric": "accuracy", "budget": len(chosen), "best_val": probe.val_accuracy,
-                "chosen": f"logistic l2={probe.l2:g}",
-                "steps": 0, "best_step": 0, "flops": 0.0, "sweep_flops": 0.0, **metrics}  # fmt: skip
 
 
 def finetune_cell(
@@ -305,7 +211,5 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
             f"{metric} {record['value']:.3f} ({record['chosen']})",
             highlight=False,
         )
-    from headstart.transfer.report import write_report
-
     write_report(run_dir, whole, architecture, references)
     return run_dir

@@ -1,0 +1,202 @@
+"""What the loop does around its steps, one object per concern: log the training window,
+evaluate, checkpoint, and decide when to stop. The loop calls them; they never call it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headstart.config import TrainConfig
+from headstart.errors import HeadstartError
+from headstart.train.distributed import Parallel
+from headstart.train.log import MetricsFile, ProgressDisplay
+from headstart.train.state import TrainState
+
+
+@dataclass
+class StepLog:
+    """The training window between two log lines: loss, extra metrics and tokens, averaged over
+    the ranks and written as one record (step, loss, lr, grad norm, tokens/s, MFU, ETA)."""
+
+    parallel: Parallel
+    metrics: MetricsFile | None  # rank 0 writes
+    progress: ProgressDisplay
+    flops_per_unit: float
+    peak: float  # FLOP/s of all ranks together: MFU's divisor
+    total_steps: int
+    every: int
+    lr_hint: float  # the configured lr, named when the loss diverges
+    start: float = field(default_factory=time.perf_counter)
+    start_step: int = 0
+    tokens: int = 0
+    losses: list[torch.Tensor] = field(default_factory=list)
+    extra: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, loss: torch.Tensor, extra: dict[str, torch.Tensor], tokens: int) -> None:
+        self.losses.append(loss)
+        for key, value in extra.items():
+            self.extra.setdefault(key, []).append(value)
+        self.tokens += tokens
+
+    def after_step(self, state: TrainState, lr: float, grad_norm: torch.Tensor) -> None:
+        if state.step % self.every and state.step != self.total_steps:
+            return
+        now = time.perf_counter()
+        loss = self.parallel.mean(torch.stack(self.losses).float().mean()).item()
+        if not math.isfinite(loss):
+            raise HeadstartError(
+                f"training diverged at step {state.step} (loss {loss}); "
+                f"lower optim.lr (now {self.lr_hint:g}) or raise schedule.warmup_steps"
+            )
+        tokens_per_s = self.tokens / max(now - self.start, 1e-9)
+        record = {
+            "step": state.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(self.parallel.whole(grad_norm)),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_unit / self.peak,
+            "tokens": state.tokens_seen,
+            "elapsed_s": state.elapsed_s,
+            "eta_s": (self.total_steps - state.step) * (now - self.start) / max(1, state.step - self.start_step),
+            **{k: self.parallel.mean(torch.stack(v).float().mean()).item() for k, v in self.extra.items()},
+        }
+        if self.metrics is not None:
+            self.metrics.write(record)
+        self.progress.update(record, self.total_steps)
+        self.restart(state.step)
+
+    def restart(self, step: int) -> None:
+        self.start, self.start_step, self.tokens, self.losses, self.extra = time.perf_counter(), step, 0, [], {}
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the window's time: it is not training throughput."""
+        self.start += seconds
+
+
+@dataclass
+class Evaluation:
+    """Scores the model (``evaluate``: eval mode, no gradients, the run's precision) and logs it."""
+
+    evaluate: Callable[[nn.Module], dict[str, float]] | None
+    parallel: Parallel
+    wrapped: nn.Module
+    autocast: AbstractContextManager[Any]
+    log: StepLog
+
+    def __call__(self, state: TrainState) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        model, began = state.model, time.perf_counter()
+        model.eval()
+        with torch.no_grad(), self.autocast:
+            result = self.parallel.evaluate(self.wrapped, model, self.evaluate)
+        model.train()
+        record = {"step": state.step, "split": "val", "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s}
+        if self.log.metrics is not None:
+            self.log.metrics.write({**record, **result})
+        self.log.progress.note(f"step {state.step}  " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        self.log.exclude(time.perf_counter() - began)
+        return result
+
+
+@dataclass
+class Checkpointing:
+    """Writes the run's checkpoint: weights, optimizer and state through the parallelism
+    strategy, plus the run's extras, its metrics so far and what the run has cost."""
+
+    parallel: Parallel
+    root: Path
+    config: dict[str, Any]
+    keep: int
+    flops_per_unit: float
+    precision: torch.dtype
+    metrics: MetricsFile | None
+    write_extras: Callable[[Path], None] | None = None
+
+    def __call__(self, state: TrainState) -> Path:
+        saved = state.state_dict()
+        compute = {
+            "flops": state.flops,
+            "flops_per_token": self.flops_per_unit,
+            "tokens": state.tokens_seen,
+            "steps": state.step,
+            "wall_seconds": saved["elapsed_s"],
+            "device": str(state.device),
+            "precision": str(self.precision).removeprefix("torch."),
+        }
+
+        def extras(folder: Path) -> None:
+            if self.write_extras is not None:
+                self.write_extras(folder)
+            if self.metrics is not None and self.metrics.path.exists():
+                (folder / "metrics.jsonl").write_bytes(self.metrics.path.read_bytes())
+            (folder / "compute.json").write_text(json.dumps(compute, indent=1), encoding="utf-8")
+
+        return self.parallel.save(
+            self.root, state.step, state.model, state.optimizer, saved, self.config, extras, self.keep
+        )
+
+
+@dataclass
+class Stopping:
+    """Stops between steps on SIGINT/SIGTERM (after a checkpoint) or past ``max_minutes``, on
+    every rank at the same step."""
+
+    parallel: Parallel
+    max_minutes: float
+    start: float = field(default_factory=time.perf_counter)
+    signals: list[int] = field(default_factory=list)
+    signalled: bool = False
+
+    def __call__(self) -> bool:
+        out_of_time = self.max_minutes > 0 and time.perf_counter() - self.start > 60 * self.max_minutes
+        self.signalled, out_of_time = self.parallel.any_rank(bool(self.signals), out_of_time)
+        return self.signalled or out_of_time
+
+    @contextlib.contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a flag checked between steps, so the loop can checkpoint first."""
+
+        def handler(signum: int, frame: object) -> None:
+            self.signals.append(signum)
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+@dataclass
+class Callbacks:
+    """The four things the loop does besides stepping."""
+
+    log: StepLog
+    evaluate: Evaluation
+    checkpoint: Checkpointing
+    stop: Stopping
+
+    def due(self, train: TrainConfig, step: int) -> tuple[bool, bool]:
+        """Whether an evaluation and a checkpoint fall after ``step`` (the last step has both anyway)."""
+        last = step >= train.steps
+        evaluate = bool(train.eval_every) and step % train.eval_every == 0 and not last
+        checkpoint = bool(train.checkpoint_every) and step % train.checkpoint_every == 0 and not last
+        return evaluate, checkpoint

@@ -31,9 +31,9 @@ from common import CACHE, machine, wikitext_bpe8k
 from headstart import api
 from headstart.data.shards import open_shards
 from headstart.data.tokenizers import load_tokenizer
+from headstart.objectives.registry import build_objective
 from headstart.train.checkpoint import load_pretrained
 from headstart.train.flops import counted_flops
-from headstart.train.pretrain import build_objective
 
 SIZES = {"gpt-tiny": [], "gpt-tiny-4x": ["model.n_embd=384", "model.n_head=6"]}
 TOY = ["model.n_layer=2", "model.n_head=2", "train.seq_len=32", "train.batch_size=4", "train.precision=fp32"]

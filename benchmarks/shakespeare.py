@@ -31,8 +31,9 @@ from headstart.data.windows import eval_windows
 from headstart.objectives.clm import CausalLM
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import Job, Outputs, train_loop
-from headstart.train.pretrain import TrainWindows, pretrain
 from headstart.train.validate import evaluate_windows
+from headstart.workflows.pretrain import pretrain
+from headstart.workflows.pretrain_data import TrainWindows
 
 TARGET = 1.88
 EVAL = {"train": {"eval_every": 100, "eval_batches": 20, "checkpoint_every": 0, "log_every": 100}}

@@ -27,14 +27,14 @@ from tokenizers import Tokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA
 from headstart.config import FinetuneConfig
-from headstart.data.labelled import read_labelled_jsonl, stratified_budget
+from headstart.data.labelled import read_labelled_jsonl, split_validation, stratified_budget
 from headstart.data.tokenizers import tokenizer_info
 from headstart.models.heads import pool
 from headstart.objectives.classify import pad_batch
+from headstart.readouts.context import load_backbone
+from headstart.readouts.probe import fit_logistic
 from headstart.tasks.base import length_batches
 from headstart.tasks.classify import encode_texts
-from headstart.train.finetune import load_backbone, split_validation
-from headstart.train.probe import fit_logistic
 from headstart.transfer.reference import train_word_vectors
 
 BUDGETS = (100, 500, 2000)

@@ -31,7 +31,7 @@ from headstart.config import PrepareConfig, PretrainConfig, TokenizerConfig, loa
 from headstart.data.prepare import prepare
 from headstart.data.shards import open_shards
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
-from headstart.train.pretrain import pretrain_flops_per_token, resolve_config
+from headstart.workflows.pretrain_data import pretrain_flops_per_token, resolve_config
 
 # Sustained training FLOP/s of the 6 × 192 encoder on this 2-core CPU (9.6M MLM tokens in 20 min), per minute.
 FLOPS_PER_CPU_MINUTE = 1.0e13
@@ -51,7 +51,7 @@ VARIANTS: dict[str, tuple[str, list[str], str, float]] = {
     "rtd-20-4x256": ("electra-tiny", SHAPE_WIDE, "wikitext2+sst2", 20),
 }
 READOUTS = {  # name: (budgets, finetune overrides)
-    "probe": ((100, 500, 2000), ["freeze_backbone=true"]),
+    "probe": ((100, 500, 2000), ["readout=logistic"]),
     "full": ((500,), []),
     "lpft": ((500,), ["head_init=probe"]),
     # The fine-tuning recipe around the default full fine-tune (lr 3e-4, 300 steps, mean pooling):

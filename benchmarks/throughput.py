@@ -36,7 +36,7 @@ from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
 from headstart.train.flops import peak_flops, train_flops_per_token
 from headstart.train.loop import Job, Outputs, step_generator, train_loop
-from headstart.train.pretrain import TrainWindows
+from headstart.workflows.pretrain_data import TrainWindows
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ def test_parse_overrides_nests_and_types_values():
     [
         ("model.n_layr=3", "did you mean model.'n_layer'"),
         ("modle.n_layer=3", "did you mean 'model'"),
-        ("objective.name=cml", "expected one of clm, mlm, rtd"),
         ("train.steps=many", "expected int"),
         ("train.compile=maybe", "expected true or false"),
         ("model.n_layer", "expected section.field=value"),

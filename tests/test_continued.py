@@ -8,8 +8,8 @@ from headstart.config import PrepareConfig, StudyConfig, TokenizerConfig
 from headstart.data.prepare import prepare
 from headstart.errors import HeadstartError
 from headstart.train import checkpoint as ckpt
-from headstart.train.continued import forgetting
 from headstart.transfer.report import compute_section
+from headstart.workflows.continued import forgetting
 from tests.conftest import make_corpus
 
 

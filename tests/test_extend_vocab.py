@@ -9,7 +9,7 @@ from headstart.data.tokenizers import load_tokenizer, train_tokenizer
 from headstart.errors import HeadstartError
 from headstart.models.transformer import Transformer
 from headstart.train import checkpoint as ckpt
-from headstart.train.continued import grow_vocabulary
+from headstart.workflows.continued import grow_vocabulary
 
 GENERAL = ["the cat sat on the mat", "a dog ran in the park", "we went to the market today"] * 30
 DOMAIN = ["the glycoprotein binds the receptor", "immunohistochemistry of the glycoprotein",

@@ -6,11 +6,11 @@ import torch
 
 from headstart import api
 from headstart.config import TrainConfig
-from headstart.data.labelled import read_labelled_jsonl, stratified_budget
+from headstart.data.labelled import read_labelled_jsonl, split_validation, stratified_budget
 from headstart.errors import HeadstartError
 from headstart.models.heads import pool
 from headstart.objectives.classify import accuracy_and_macro_f1
-from headstart.train.finetune import layer_scale, split_validation, steps_for_epochs
+from headstart.readouts.full import layer_scale, steps_for_epochs
 
 
 def test_budgets_are_stratified_deterministic_and_checked():
@@ -95,12 +95,10 @@ def test_finetune_pretrained_and_scratch_learn_the_task(tiny_encoder, tmp_path, 
         assert result.best_step in (20, 40, 60)
         saved = json.loads((result.run_dir / "result.json").read_text())
         assert saved["budget"] == 200 and saved["accuracy"] == result.metrics["accuracy"]
-    probe = api.finetune(
-        "sst2", [*common, f"init={tiny_encoder}", "freeze_backbone=true", "run.name=probe"], quiet=True
-    )
+    probe = api.finetune("sst2", [*common, f"init={tiny_encoder}", "readout=logistic", "run.name=probe"], quiet=True)
     assert probe.steps == 0 and probe.metrics["accuracy"] > 0.8
     spread = api.finetune(
-        "sst2", [*common, f"init={tiny_encoder}", "freeze_backbone=true", "readout=propagate", "budget=20",
+        "sst2", [*common, f"init={tiny_encoder}", "readout=propagate", "budget=20",
                  "run.name=propagate"], quiet=True,
     )  # fmt: skip
     assert spread.steps == 0 and spread.metrics["accuracy"] > 0.8  # 20 labels spread over the other 280 texts

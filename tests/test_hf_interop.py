@@ -15,7 +15,8 @@ from headstart.config import to_dict
 from headstart.data.tokenizers import load_tokenizer, tokenizer_hash
 from headstart.errors import HeadstartError
 from headstart.generate import sample
-from headstart.models.build import backbone_of, build_model
+from headstart.models import backbone_of
+from headstart.objectives.registry import build_model
 from headstart.train import checkpoint as ckpt
 from headstart.train.checkpoint import load_pretrained
 from tests.test_cli import assert_one_line_error, headstart

@@ -8,8 +8,8 @@ from headstart import api
 from headstart.config import TaskConfig
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import ImageClassify
+from headstart.readouts import distill as distill_module
 from headstart.tasks.image import ImageClassifyTask, roc_auc
-from headstart.train import finetune as finetune_module
 from headstart.transfer.reference import pixel_features
 
 TINY = ["train.steps=30", "train.eval_every=10", "train.batch_size=16", "train.precision=fp32", "optim.lr=3e-3"]
@@ -37,7 +37,7 @@ def test_image_fine_tune_from_a_checkpoint_and_from_scratch(tmp_path, tiny_image
 
 @pytest.mark.parametrize("readout", ["logistic", "knn", "propagate"])
 def test_frozen_image_backbone_readouts(tmp_path, tiny_images, tiny_simclr, readout):
-    result = finetune(tmp_path, tiny_images, str(tiny_simclr), "freeze_backbone=true", f"readout={readout}",
+    result = finetune(tmp_path, tiny_images, str(tiny_simclr), f"readout={readout}",
                       f"run.name={readout}")  # fmt: skip
     assert result.steps == 0 and result.metrics["accuracy"] >= 0.8 and result.flops > 0
 
@@ -45,10 +45,12 @@ def test_frozen_image_backbone_readouts(tmp_path, tiny_images, tiny_simclr, read
 def test_text_task_needs_a_text_checkpoint_and_knn_a_classification_task(tmp_path, tiny_simclr, tiny_decoder):
     with pytest.raises(HeadstartError, match=r"task\.kind=classify: expected a text checkpoint"):
         api.finetune("sst2", [f"init={tiny_simclr}", "task.train=x", "task.eval=y"], quiet=True)
-    with pytest.raises(HeadstartError, match=r"readout=knn: reads classification tasks"):
+    with pytest.raises(
+        HeadstartError, match=r"readout=knn: reads task.kind classify or image, not task.kind=translate"
+    ):
         api.finetune(
             "multi30k",
-            [f"init={tiny_decoder}", "freeze_backbone=true", "readout=knn", f"run.out_dir={tmp_path}"],
+            [f"init={tiny_decoder}", "readout=knn", f"run.out_dir={tmp_path}"],
             quiet=True,
         )
 
@@ -88,7 +90,7 @@ def image_study(tmp_path, images, checkpoint, inits):
 finetune: fmnist
 settings: [task.train={images}, {", ".join(TINY)}]
 inits: {inits}
-init_settings: {{simclr-knn: [freeze_backbone=true, readout=knn]}}
+init_settings: {{simclr-knn: [readout=knn]}}
 architecture: {checkpoint}
 budgets: [20, 0]
 seeds: 1
@@ -129,10 +131,11 @@ def test_self_training_distils_into_a_student_on_teacher_probabilities(tmp_path,
         seen.append((first.labels, second.labels))
         return original(first, second)
 
-    original = finetune_module.concat_encoded
-    monkeypatch.setattr(finetune_module, "concat_encoded", recording)
+    original = distill_module.concat_encoded
+    monkeypatch.setattr(distill_module, "concat_encoded", recording)
     teacher = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=teacher")
-    student = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=student", "distill_steps=60")
+    student = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=student", "readout=distill",
+                       "distill_steps=60")  # fmt: skip
     assert (student.run_dir / "student" / "metrics.jsonl").is_file()
     assert student.metrics["accuracy"] >= 0.8 and student.flops > teacher.flops
     ((budget, pool),) = seen
@@ -140,10 +143,10 @@ def test_self_training_distils_into_a_student_on_teacher_probabilities(tmp_path,
     assert pool.shape == (96 - 40, 2) and np.allclose(pool.sum(1), 1.0)  # the rest: the teacher's probabilities
     assert not set(np.unique(pool)) <= {0.0, 1.0}
     seen.clear()
-    propagated = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=propagated", "distill_steps=60",
-                          "distill_teacher=propagate", "unlabelled=30")  # fmt: skip
+    propagated = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=propagated", "readout=distill",
+                          "distill_steps=60", "distill_teacher=propagate", "unlabelled=30")  # fmt: skip
     assert propagated.metrics["accuracy"] >= 0.8
     ((budget, pool),) = seen
     assert budget.shape == (32, 2) and pool.shape == (30, 2) and np.allclose(pool.sum(1), 1.0)
-    with pytest.raises(HeadstartError, match=r"distill_steps=20: self-training"):
-        finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=frozen", "distill_steps=20", "freeze_backbone=true")
+    with pytest.raises(HeadstartError, match=r"readout=distil: expected one of .* \(did you mean distill\?\)"):
+        finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=typo", "readout=distil")

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from headstart.train.frozen_features import knn_votes
-from headstart.train.label_propagation import neighbour_graph, propagate_labels
+from headstart.readouts.frozen_features import knn_votes
+from headstart.readouts.label_propagation import neighbour_graph, propagate_labels
 
 
 def two_chains(n: int = 150) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,10 @@ from headstart.config import ModelConfig, ObjectiveConfig, PretrainConfig, Train
 from headstart.data.shards import open_shards
 from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
-from headstart.models.build import build_model
 from headstart.models.transformer import Transformer
 from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
+from headstart.objectives.registry import build_model, build_objective
 from headstart.plan import (
     Timing,
     chinchilla_tokens,
@@ -32,7 +32,7 @@ from headstart.plan import (
     word_tokenizer,
 )
 from headstart.train.flops import counted_flops, matmul_params, train_flops_per_token
-from headstart.train.pretrain import build_objective, resolve_config
+from headstart.workflows.pretrain_data import resolve_config
 
 CPU = torch.device("cpu")
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.precision=fp32"]

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from headstart import api
 from headstart.errors import HeadstartError
-from headstart.train import pretrain as pretrain_module
+from headstart.workflows import pretrain_data as pretrain_module
 
 TINY = [
     "model.n_layer=2",

@@ -10,8 +10,8 @@ from headstart import api
 from headstart.config import VisionConfig
 from headstart.errors import HeadstartError
 from headstart.models.vision import build_vision
-from headstart.train import pretrain_images as module
-from headstart.train.frozen_features import frozen_scores, knn_accuracy, knn_votes
+from headstart.readouts.frozen_features import frozen_scores, knn_accuracy, knn_votes
+from headstart.workflows import pretrain_data as module
 from tests.conftest import two_class_images
 
 TINY = [

@@ -1,6 +1,6 @@
 import torch
 
-from headstart.train.probe import fit_logistic
+from headstart.readouts.probe import fit_logistic
 
 
 def test_logistic_probe_separates_shifted_classes_and_folds_the_scaling():

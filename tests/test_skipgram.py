@@ -8,8 +8,8 @@ from headstart.config import EmbeddingsConfig, ModelConfig
 from headstart.data.shards import open_shards
 from headstart.models.transformer import Transformer, resolve
 from headstart.objectives.skipgram import train_skipgram
-from headstart.train.pretrain import skipgram_embeddings
 from headstart.transfer.reference import train_word_vectors
+from headstart.workflows.pretrain_data import skipgram_embeddings
 from tests.test_pretrain import run
 
 

@@ -27,7 +27,7 @@ settings: [task.train={train}, task.eval={dev}, task.max_len=16, train.steps=20,
 inits: {{pretrained: {encoder}, scratch: scratch, skipgram: skipgram, ngrams: ngrams}}
 budgets: {budgets}
 seeds: 2
-sweep: {{probe: [freeze_backbone=true], lr: [optim.lr={sweep_lr}]}}
+sweep: {{probe: [readout=logistic], lr: [optim.lr={sweep_lr}]}}
 reference_text: [{corpus}, {train}]
 run: {{out_dir: {tmp_path / "runs"}, name: s}}
 """
@@ -75,14 +75,14 @@ def test_study_writes_results_report_and_plots_and_resumes(tmp_path, encoder, ti
     alone = tmp_path / "alone.yaml"
     text = path.read_text().replace(
         f"inits: {{pretrained: {encoder}, scratch: scratch, skipgram: skipgram, ngrams: ngrams}}",
-        f"inits: {{frozen: {encoder}}}\ninit_settings: {{frozen: [freeze_backbone=true]}}",
+        f"inits: {{frozen: {encoder}}}\ninit_settings: {{frozen: [readout=logistic]}}",
     )
     alone.write_text(text.replace("seeds: 2", "seeds: 1").replace("budgets: [20, 60]", "budgets: [20]"))
     report = api.transfer(str(alone)).read_text()
     assert "| frozen |" in report and "| pretrained |" in report and "| again |" in report
     saved = yaml.safe_load((folder / "study.yaml").read_text())
     assert set(saved["inits"]) == {"pretrained", "scratch", "skipgram", "ngrams", "again", "frozen"}
-    assert saved["init_settings"] == {"frozen": ["freeze_backbone=true"]}
+    assert saved["init_settings"] == {"frozen": ["readout=logistic"]}
 
 
 def other_tokenizer(checkpoint, tmp_path):
@@ -120,7 +120,7 @@ def test_study_input_errors(tmp_path, encoder, tiny_shards, write_task):
 
 def test_mean_and_interval_uses_the_t_quantile():
     mean, half = mean_and_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / 3**0.5)  # t(0.975, 2)
     assert mean_and_interval([0.5]) == (0.5, 0.0)
 
 
@@ -131,10 +131,10 @@ def test_a_signal_stops_the_whole_study_and_records_no_half_trained_cell(
     import signal
     from dataclasses import replace
 
-    import headstart.train.finetune as finetune_module
+    import headstart.readouts.full as full_module
     from headstart.errors import Interrupted
 
-    real_loop, calls = finetune_module.train_loop, []
+    real_loop, calls = full_module.train_loop, []
 
     def loop_signalled_in_its_second_run(job, outputs, start=None):
         calls.append(1)
@@ -147,7 +147,7 @@ def test_a_signal_stops_the_whole_study_and_records_no_half_trained_cell(
 
         return real_loop(job, replace(outputs, evaluate=evaluate_then_signal), start)
 
-    monkeypatch.setattr(finetune_module, "train_loop", loop_signalled_in_its_second_run)
+    monkeypatch.setattr(full_module, "train_loop", loop_signalled_in_its_second_run)
     path = study_yaml(write_task, tmp_path, encoder, tiny_shards.parent / "corpus.txt")
     with pytest.raises(Interrupted, match="1 of 16 cells are saved; rerun"):
         api.transfer(str(path))  # the first cell's probe and fine-tune finish; the second cell's is signalled

@@ -75,7 +75,7 @@ def test_ner_finetune_learns_entities(tiny_encoder, tmp_path):
     result = api.finetune("conll2003", settings, quiet=True)
     assert result.metric == "f1"
     assert result.metrics["f1"] > 0.8
-    probe = api.finetune("conll2003", [*settings, "freeze_backbone=true", "run.name=probe"], quiet=True)
+    probe = api.finetune("conll2003", [*settings, "readout=logistic", "run.name=probe"], quiet=True)
     assert 0.0 <= probe.metrics["f1"] <= 1.0 and probe.steps == 0
 
 

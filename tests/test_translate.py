@@ -63,8 +63,8 @@ def test_translation_finetune_learns_to_copy(tiny_decoder, tmp_path):
                 "task.max_len=32", "task.beam_size=2", "train.batch_size=16"]  # fmt: skip
     result = api.finetune("multi30k", settings, quiet=True)
     assert result.metric == "bleu" and result.metrics["bleu"] > 50
-    with pytest.raises(HeadstartError, match="a linear probe does not apply"):
-        api.finetune("multi30k", [*settings, "freeze_backbone=true"], quiet=True)
+    with pytest.raises(HeadstartError, match=r"readout=logistic: reads task\.kind classify or tag or image, not"):
+        api.finetune("multi30k", [*settings, "readout=logistic"], quiet=True)
 
 
 def test_translation_input_errors(tmp_path, tiny_shards):

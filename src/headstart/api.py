@@ -18,14 +18,14 @@ from headstart.evaluate import evaluate_checkpoint
 from headstart.files import write_markdown
 from headstart.generate import fill_mask as _fill_mask
 from headstart.generate import sample
-from headstart.models.build import backbone_of
+from headstart.models import backbone_of
 from headstart.models.pretraining import ElectraPair
 from headstart.train.checkpoint import load_pretrained
-from headstart.train.finetune import FinetuneResult
-from headstart.train.finetune import finetune as _finetune
 from headstart.train.loop import LoopResult
-from headstart.train.pretrain import pretrain as _pretrain
-from headstart.train.pretrain import steps_for_minutes
+from headstart.workflows.finetune import FinetuneResult
+from headstart.workflows.finetune import finetune as _finetune
+from headstart.workflows.pretrain import pretrain as _pretrain
+from headstart.workflows.pretrain import steps_for_minutes
 
 if TYPE_CHECKING:
     from headstart.plan import Plan

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from rich.console import Console
 
+from headstart.config import FinetuneConfig, PrepareConfig, PretrainConfig, StudyConfig, recipe_names
 from headstart.errors import HeadstartError
 
 EXAMPLES = """\
@@ -33,23 +35,34 @@ examples:
 """
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns
+
+
+class ConfigHelp(argparse.Action):
+    """``--help-config``: every field of the verb's config with its type, default and meaning, then exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, config: type, **kwargs: object) -> None:
+        self.config = config
+        super().__init__(option_strings, dest, nargs=0, help="list every config field, its default and meaning")
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: object, values: object, option: object = None
+    ) -> None:
+        from headstart.config_docs import describe_config
+
+        print(f"{self.config.__name__}: " + " ".join((self.config.__doc__ or "").split()))
+        print("\n".join(describe_config(self.config)))
+        parser.exit()
+
+
+def _add_overrides(parser: argparse.ArgumentParser, config: type) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. model.n_layer=6"
     )
+    parser.add_argument("--help-config", action=ConfigHelp, config=config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from headstart.config import recipe_names
-
-    parser = argparse.ArgumentParser(
-        prog="headstart",
-        description="Self-supervised pretraining and transfer, with the head start measured.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-
+def _prepare_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "prepare",
         help="tokenize raw text into memory-mapped token shards",
@@ -77,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-mode", choices=["documents", "tail"], help="hold out whole documents, or the last tokens")
     p.add_argument("--invalid-utf8", choices=["skip", "fail"], help="skip (and count) or fail on bad UTF-8")
     p.add_argument("--workers", type=int, help="tokenizer processes (default: one per core)")
-    _add_overrides(p)
+    _add_overrides(p, PrepareConfig)
 
+
+def _pretrain_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "pretrain",
         help="pretrain a model: causal / masked LM / ELECTRA on prepared shards, SimCLR / MAE on images",
@@ -91,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--minutes", type=float, help="set train.steps to what fits this wall-time budget here (a short timed probe)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
-    _add_overrides(p)
+    _add_overrides(p, PretrainConfig)
 
+
+def _finetune_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "finetune",
         help="fine-tune a checkpoint (or the same model from scratch) on a labelled task",
@@ -102,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="a shipped recipe name (e.g. sst2) or a YAML file")
     p.add_argument("--quiet", action="store_true", help="no progress display")
-    _add_overrides(p)
+    _add_overrides(p, FinetuneConfig)
 
+
+def _transfer_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "transfer",
         help="the transfer study: inits × label budgets × seeds, with a report of the head start",
@@ -112,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         "results.jsonl, report.md and PNG plots. Rerunning skips the cells already finished.",
     )
     p.add_argument("study", help="a study YAML file")
-    _add_overrides(p)
+    _add_overrides(p, StudyConfig)
 
+
+def _evaluate_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "evaluate",
         help="validation loss, perplexity and bits per byte of a checkpoint",
@@ -126,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=0, help="cap on windows scored (0: all)")
     p.add_argument("--text-mode", default="line", choices=["line", "block", "file"], help="for raw inputs")
 
+
+def _generate_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser("generate", help="sample text from a causal checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--prompt", default="", help="text to continue")
@@ -136,11 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=1)
 
+
+def _fill_mask_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser("fill-mask", help="predict <mask> tokens with a masked-LM checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--text", required=True, help="text with one or more <mask> tokens")
     p.add_argument("--top-k", type=int, default=5)
 
+
+def _embed_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "embed",
         help="sentence embeddings from a text checkpoint, as a .npy array",
@@ -153,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", default="text", help="JSONL field holding the text")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "max"])
 
+
+def _mismatch_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "mismatch",
         help="how far a target corpus is from the source: whether to continue pretraining on it",
@@ -169,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-mode", default="line", choices=["line", "block", "file"], help="a document per line, block, file"
     )
 
+
+def _plan_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "plan",
         help="compute-optimal tokens or model size for a budget, with FLOPs, wall time here and memory",
@@ -188,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="train.precision")
     p.add_argument("--calibration-steps", type=int, default=12, help="training steps timed here (default 12)")
     p.add_argument("--out", help="also write the plan here (.json or .md)")
-    _add_overrides(p)
+    _add_overrides(p, PretrainConfig)
 
+
+def _export_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "export",
         help="write a checkpoint as a Hugging Face transformers model directory",
@@ -200,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["hf"], default="hf", help="the format: hf (Hugging Face transformers)")
     p.add_argument("--out", required=True, help="the directory to write (new or empty)")
 
+
+def _import_hf_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "import-hf",
         help="turn a transformers Llama or EuroBERT directory into a checkpoint for init=",
@@ -209,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a transformers model directory")
     p.add_argument("--out", required=True, help="the run directory to write (new or empty); init= takes it")
 
+
+def _quickstart_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "quickstart",
         help="pretrain and evaluate on the Python standard library, offline, in a few minutes",
@@ -216,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/quickstart", help="run directory")
     p.add_argument("--minutes", type=float, default=3.0, help="pretraining wall-time budget")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headstart",
+        description="Self-supervised pretraining and transfer, with the head start measured.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS.values():
+        verb.arguments(verbs)
     return parser
 
 
@@ -251,90 +300,126 @@ def _prepare_overrides(args: argparse.Namespace) -> dict:
     return flags
 
 
-def run(argv: Sequence[str] | None = None) -> int:
+def _prepare(args: argparse.Namespace, console: Console) -> int:
     from headstart import api
     from headstart.config import merge, parse_overrides
-    from headstart.train.distributed import leave, process_rank
 
-    args = build_parser().parse_args(argv)
-    console = Console(stderr=True, quiet=process_rank() > 0)  # under torchrun, rank 0 speaks for all
-    if args.verb is None:
-        build_parser().print_help()
-        return 0
-    if args.verb == "prepare":
-        overrides = merge(parse_overrides(args.overrides), _prepare_overrides(args))
-        api.prepare(args.config, overrides, console=console)
-    elif args.verb == "pretrain":
-        result = api.pretrain(
-            args.recipe, args.overrides, resume=args.resume, minutes=args.minutes, console=console, quiet=args.quiet
-        )
-        if result.interrupted:
-            console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; rerun with --resume")
-            return 130
-        console.print(
-            f"{result.step:,} steps, {result.tokens_seen:,} tokens, {result.flops / 1e12:,.1f} TFLOPs in "
-            f"{result.elapsed_s / 60:.1f} min; checkpoint {result.checkpoint}",
-            highlight=False,
-        )
-    elif args.verb == "finetune":
-        result = api.finetune(args.recipe, args.overrides, console=console, quiet=args.quiet)
-        scores = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        console.print(f"{scores}  (best validation step {result.best_step}; {result.run_dir / 'result.json'})")
-    elif args.verb == "transfer":
-        report = api.transfer(args.study, args.overrides, console=console)
-        console.print(f"report: {report}", highlight=False)
-    elif args.verb == "evaluate":
-        api.evaluate(
-            args.checkpoint,
-            args.data,
-            split=args.split,
-            seq_len=args.seq_len,
-            max_windows=args.max_windows,
-            text_mode=args.text_mode,
-            console=console,
-        )
-    elif args.verb == "generate":
-        for i in range(args.samples):
-            text = api.generate(
-                args.checkpoint,
-                args.prompt,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                seed=args.seed + i,
-            )
-            print(args.prompt + text)
-            if i + 1 < args.samples:
-                print("---")
-    elif args.verb == "fill-mask":
-        for position, predictions in enumerate(api.fill_mask(args.checkpoint, args.text, top_k=args.top_k)):
-            print(f"<mask> {position + 1}: " + "  ".join(f"{tok!r} {p:.3f}" for tok, p in predictions))
-    elif args.verb == "embed":
-        api.embed(args.checkpoint, args.inputs, args.out, field=args.field, pooling=args.pooling, console=console)
-    elif args.verb == "mismatch":
-        api.mismatch(
-            args.source,
-            args.target,
-            args.checkpoint,
-            args.out,
-            field=args.field,
-            text_mode=args.text_mode,
-            console=console,
-        )
-    elif args.verb == "plan":
-        _plan(args, console)
-    elif args.verb == "export":
-        console.print(f"exported: {api.export_hf(args.checkpoint, args.out)}", highlight=False)
-    elif args.verb == "import-hf":
-        console.print(f"checkpoint: {api.import_hf(args.source, args.out)}", highlight=False)
-    elif args.verb == "quickstart":
-        api.quickstart(args.out, minutes=args.minutes, console=console)
-    leave()
+    api.prepare(args.config, merge(parse_overrides(args.overrides), _prepare_overrides(args)), console=console)
     return 0
 
 
-def _plan(args: argparse.Namespace, console: Console) -> None:
+def _pretrain(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    result = api.pretrain(
+        args.recipe, args.overrides, resume=args.resume, minutes=args.minutes, console=console, quiet=args.quiet
+    )
+    if result.interrupted:
+        console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; rerun with --resume")
+        return 130
+    console.print(
+        f"{result.step:,} steps, {result.tokens_seen:,} tokens, {result.flops / 1e12:,.1f} TFLOPs in "
+        f"{result.elapsed_s / 60:.1f} min; checkpoint {result.checkpoint}",
+        highlight=False,
+    )
+    return 0
+
+
+def _finetune(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    result = api.finetune(args.recipe, args.overrides, console=console, quiet=args.quiet)
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    console.print(f"{scores}  (best validation step {result.best_step}; {result.run_dir / 'result.json'})")
+    return 0
+
+
+def _transfer(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    console.print(f"report: {api.transfer(args.study, args.overrides, console=console)}", highlight=False)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    api.evaluate(args.checkpoint, args.data, split=args.split, seq_len=args.seq_len, max_windows=args.max_windows,
+                 text_mode=args.text_mode, console=console)  # fmt: skip
+    return 0
+
+
+def _generate(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    for i in range(args.samples):
+        sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed + i}
+        text = api.generate(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens, **sampling)
+        print(args.prompt + text)
+        if i + 1 < args.samples:
+            print("---")
+    return 0
+
+
+def _fill_mask(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    for position, predictions in enumerate(api.fill_mask(args.checkpoint, args.text, top_k=args.top_k)):
+        print(f"<mask> {position + 1}: " + "  ".join(f"{tok!r} {p:.3f}" for tok, p in predictions))
+    return 0
+
+
+def _embed(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    api.embed(args.checkpoint, args.inputs, args.out, field=args.field, pooling=args.pooling, console=console)
+    return 0
+
+
+def _mismatch(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    api.mismatch(args.source, args.target, args.checkpoint, args.out, field=args.field, text_mode=args.text_mode,
+                 console=console)  # fmt: skip
+    return 0
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    console.print(f"exported: {api.export_hf(args.checkpoint, args.out)}", highlight=False)
+    return 0
+
+
+def _import_hf(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    console.print(f"checkpoint: {api.import_hf(args.source, args.out)}", highlight=False)
+    return 0
+
+
+def _quickstart(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    api.quickstart(args.out, minutes=args.minutes, console=console)
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from headstart.train.distributed import leave, process_rank
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=True, quiet=process_rank() > 0)  # under torchrun, rank 0 speaks for all
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    code = VERBS[args.verb].handle(args, console)
+    leave()
+    return code
+
+
+def _plan(args: argparse.Namespace, console: Console) -> int:
     """``headstart plan``: its flags as overrides, the plan as a table on stdout."""
     from headstart import api
     from headstart.plan import plan_table
@@ -348,6 +433,32 @@ def _plan(args: argparse.Namespace, console: Console) -> None:
     minutes = args.hours * 60 if args.hours is not None else args.minutes
     result = api.plan(recipe, overrides, args.params, args.flops, minutes, args.out, args.calibration_steps, console)
     Console().print(plan_table(result))
+    return 0
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A verb: its subparser and arguments, and what runs it."""
+
+    arguments: Callable[[Subparsers], None]
+    handle: Callable[[argparse.Namespace, Console], int]
+
+
+VERBS: dict[str, Verb] = {
+    "prepare": Verb(_prepare_arguments, _prepare),
+    "pretrain": Verb(_pretrain_arguments, _pretrain),
+    "finetune": Verb(_finetune_arguments, _finetune),
+    "transfer": Verb(_transfer_arguments, _transfer),
+    "evaluate": Verb(_evaluate_arguments, _evaluate),
+    "generate": Verb(_generate_arguments, _generate),
+    "fill-mask": Verb(_fill_mask_arguments, _fill_mask),
+    "embed": Verb(_embed_arguments, _embed),
+    "mismatch": Verb(_mismatch_arguments, _mismatch),
+    "plan": Verb(_plan_arguments, _plan),
+    "export": Verb(_export_arguments, _export),
+    "import-hf": Verb(_import_hf_arguments, _import_hf),
+    "quickstart": Verb(_quickstart_arguments, _quickstart),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

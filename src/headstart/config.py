@@ -29,21 +29,21 @@ class ModelConfig:
     override it. ``mamba`` (causal only) reads the shared fields and its own below, not
     ``n_head``, ``mlp``, ``mlp_hidden`` or ``rope_theta``."""
 
-    kind: Literal["transformer", "mamba"] = "transformer"
-    size: str = ""
-    causal: bool = True
+    kind: Literal["transformer", "mamba"] = "transformer"  # transformer (decoder or encoder) or mamba (decoder)
+    size: str = ""  # a named preset (see models/transformer.py SIZES); explicit fields override it
+    causal: bool = True  # decoder (true) or encoder (false); most objectives set it
     vocab_size: int = 0  # 0: take it from the tokenizer
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    context: int = 256
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    n_layer: int = 4  # blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # width of the residual stream
+    context: int = 256  # longest sequence the model reads
+    mlp: Literal["swiglu", "gelu"] = "swiglu"  # the feed-forward block's activation
     mlp_hidden: int = 0  # 0: 4·n_embd for GELU, the same parameter count for SwiGLU
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    rope_theta: float = 10000.0
-    dropout: float = 0.0
-    tie_embeddings: bool = True
-    init_std: float = 0.02
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"  # normalisation before each sub-block
+    rope_theta: float = 10000.0  # base of the rotary position frequencies
+    dropout: float = 0.0  # on attention weights and residual branches while training
+    tie_embeddings: bool = True  # the output head shares the token embedding
+    init_std: float = 0.02  # standard deviation of the initial weights
     d_state: int = 16  # mamba: state size per channel
     d_conv: int = 4  # mamba: width of the causal depthwise convolution
     expand: int = 2  # mamba: inner width = expand · n_embd
@@ -60,40 +60,65 @@ class ObjectiveConfig:
     noise; continue a checkpoint with ``init``). Images:
     ``simclr`` (two augmented views, NT-Xent) or ``mae`` (masked patches, pixel decoder; ViT only)."""
 
-    name: Literal["clm", "mlm", "rtd", "simcse", "simclr", "mae"] = "clm"
-    mask_prob: float = 0.15
-    whole_word: bool = False
+    name: str = "clm"  # an entry of headstart.objectives.registry: clm, mlm, rtd, simcse, simclr, mae
+    mask_prob: float = 0.15  # mlm / rtd: share of tokens masked
+    whole_word: bool = False  # mlm / rtd: mask every piece of a chosen word together
     generator_layers: int = 0  # rtd: the generator's depth; 0: a third of model.n_layer
     detection_weight: float = 50.0  # rtd: weight of the detection loss against the generator's
     temperature: float = 0.2  # simclr / simcse: NT-Xent temperature (SimCSE used 0.05)
     projection_hidden: int = 512  # simclr: the projection head's hidden and output widths
-    projection_dim: int = 128
+    projection_dim: int = 128  # simclr: the projection's output width
     chunk: int = 0  # simclr / simcse: > 0 computes the loss GradCache-style, this many examples per forward
     mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder
     decoder_width: int = 64  # mae: the pixel decoder's width and depth
-    decoder_depth: int = 2
+    decoder_depth: int = 2  # mae: the pixel decoder's blocks
+
+    def problems(self) -> list[str]:
+        return [
+            *_in_range("objective.mask_prob", self.mask_prob, 0.0, 1.0),
+            *_in_range("objective.mask_ratio", self.mask_ratio, 0.0, 1.0),
+            *_positive("objective.temperature", self.temperature),
+            *_at_least("objective.chunk", self.chunk, 0),
+            *_at_least("objective.generator_layers", self.generator_layers, 0),
+        ]
 
 
 @dataclass
 class OptimConfig:
     """AdamW; weight decay applies to weight matrices only."""
 
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    lr: float = 1e-3  # peak learning rate (the schedule scales it)
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's denominator floor
+    weight_decay: float = 0.1  # decoupled, on weight matrices only
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0: no clipping
+
+    def problems(self) -> list[str]:
+        return [
+            *_at_least("optim.lr", self.lr, 0),
+            *_in_range("optim.beta1", self.beta1, 0.0, 1.0, low_ok=True),
+            *_in_range("optim.beta2", self.beta2, 0.0, 1.0, low_ok=True),
+            *_at_least("optim.weight_decay", self.weight_decay, 0),
+            *_at_least("optim.grad_clip", self.grad_clip, 0),
+        ]
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule: linear warmup, then cosine or warmup-stable-decay (``wsd``)."""
 
-    kind: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"  # cosine, warmup-stable-decay, or constant after warmup
+    warmup_steps: int = 100  # linear warmup from 0
+    min_lr_ratio: float = 0.1  # the final learning rate as a share of optim.lr
     decay_fraction: float = 0.2  # wsd: the final fraction of steps that decays to min_lr
+
+    def problems(self) -> list[str]:
+        return [
+            *_at_least("schedule.warmup_steps", self.warmup_steps, 0),
+            *_in_range("schedule.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, low_ok=True, high_ok=True),
+            *_in_range("schedule.decay_fraction", self.decay_fraction, 0.0, 1.0, high_ok=True),
+        ]
 
 
 @dataclass
@@ -102,14 +127,14 @@ class VisionConfig:
     ``width``·(1, 2, 4), ``depth`` blocks per stage. ``vit``: ``patch``×``patch`` patches and
     ``depth`` transformer blocks ``width`` wide. Channels and image size come from the data."""
 
-    kind: Literal["resnet", "vit"] = "resnet"
+    kind: Literal["resnet", "vit"] = "resnet"  # resnet or vit
     channels: int = 0  # 0: from the data
     image_size: int = 0  # 0: from the data
-    width: int = 32
-    depth: int = 2
+    width: int = 32  # resnet: first stage's channels; vit: the token width
+    depth: int = 2  # resnet: blocks per stage; vit: transformer blocks
     stem_stride: int = 1  # resnet: 2 halves the resolution at the stem (4× fewer FLOPs in every stage)
-    patch: int = 4
-    n_head: int = 4
+    patch: int = 4  # vit: patch side in pixels
+    n_head: int = 4  # vit: attention heads
     pooling: Literal["avg", "max", "cls"] = "avg"  # cls: the ViT's class token
 
 
@@ -118,9 +143,9 @@ class AugmentConfig:
     """SimCLR-style views, scaled for small images: crop area, flip, jitter, blur."""
 
     crop_min: float = 0.3  # smallest crop, as a fraction of the image area
-    flip: bool = True
+    flip: bool = True  # random horizontal flips
     jitter: float = 0.4  # brightness and contrast (and saturation for colour images); 0: off
-    jitter_p: float = 0.8
+    jitter_p: float = 0.8  # probability of the colour jitter
     blur_p: float = 0.5  # Gaussian blur probability; 0: off
 
 
@@ -130,8 +155,8 @@ class DataConfig:
     dataset (IDX directory, .npz, image folder) whose train split is used without labels, and
     optionally a labelled one for the kNN and linear-probe evaluations."""
 
-    shards: str = ""
-    images: str = ""
+    shards: str = ""  # text: the directory `headstart prepare` wrote
+    images: str = ""  # images: a dataset whose train split is read without labels
     eval_images: str = ""  # labelled: its train split fits the kNN / probe, its test split scores them
     eval_examples: int = 5000  # at most this many of each eval split (evaluation stays cheap)
 
@@ -140,23 +165,32 @@ class DataConfig:
 class TrainConfig:
     """Loop settings: budget, batch, precision, evaluation and checkpoint cadence."""
 
-    steps: int = 1000
+    steps: int = 1000  # optimizer steps; the schedule spans them
     max_minutes: float = 0.0  # > 0: stop at this wall time (and checkpoint), whatever `steps` says
-    batch_size: int = 16
-    grad_accum: int = 1
-    seq_len: int = 256
+    batch_size: int = 16  # samples per micro-batch (the global batch under torchrun)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seq_len: int = 256  # tokens per training window
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where it measures faster
     device: str = "auto"  # auto: cuda when available, else cpu
-    compile: bool = False
-    seed: int = 1337
-    eval_every: int = 200
-    eval_batches: int = 20
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337  # seeds the initial weights, the data order and every random draw
+    eval_every: int = 200  # steps between evaluations; 0: at the end only
+    eval_batches: int = 20  # batches of validation windows per evaluation
+    checkpoint_every: int = 500  # steps between checkpoints; 0: at the end only
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0: all
+    log_every: int = 10  # steps per metrics line
     threads: int = 0  # 0: torch's default
     # several processes (torchrun): ddp replicates the model, fsdp shards it (FSDP2); auto: ddp under torchrun
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+
+    def problems(self) -> list[str]:
+        positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every")
+        return [
+            *(problem for name in positive for problem in _at_least(f"train.{name}", getattr(self, name), 1)),
+            *(problem for name in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "threads")
+              for problem in _at_least(f"train.{name}", getattr(self, name), 0)),
+            *_at_least("train.max_minutes", self.max_minutes, 0),
+        ]  # fmt: skip
 
 
 @dataclass
@@ -165,18 +199,18 @@ class EmbeddingsConfig:
     on the training shards before the main objective (a few CPU-minutes), so the objective
     starts from embeddings where similar tokens are already close; ``random``: N(0, init_std)."""
 
-    init: Literal["random", "skipgram"] = "random"
-    epochs: int = 3
-    window: int = 5
-    negatives: int = 5
+    init: Literal["random", "skipgram"] = "random"  # skipgram or random
+    epochs: int = 3  # skip-gram passes over the train split
+    window: int = 5  # skip-gram context: this many tokens either side
+    negatives: int = 5  # negative samples per (centre, context) pair
 
 
 @dataclass
 class RunConfig:
     """Where the run directory goes."""
 
-    out_dir: str = "runs"
-    name: str = ""
+    out_dir: str = "runs"  # parent of the run directory
+    name: str = ""  # the run directory's name; empty: derived from the objective and the data
 
 
 @dataclass
@@ -199,14 +233,22 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def problems(self) -> list[str]:
+        found = []
+        if self.init_optimizer == "carry" and not self.init:
+            found.append("init_optimizer=carry: carries a checkpoint's optimizer; set init=CHECKPOINT")
+        if self.data.shards and self.data.images:
+            found.append("data.shards and data.images: a run reads one of them")
+        return found
+
 
 @dataclass
 class TokenizerConfig:
     """Train a tokenizer (``kind``, ``vocab_size``) or reuse one (``path`` to a tokenizer.json)."""
 
-    path: str = ""
-    kind: Literal["bpe", "wordpiece", "unigram", "char"] = "bpe"
-    vocab_size: int = 8192
+    path: str = ""  # an existing tokenizer.json to reuse
+    kind: Literal["bpe", "wordpiece", "unigram", "char"] = "bpe"  # the tokenizer to train
+    vocab_size: int = 8192  # tokens in the trained vocabulary
     lowercase: bool = False  # WordPiece only
     # with path: add up to this many tokens for the corpus's most often split words, old ids unchanged
     # (continued pretraining on a new domain: `pretrain init=CHECKPOINT` grows the embedding to match)
@@ -219,14 +261,14 @@ class PrepareConfig:
 
     inputs: list[str] = field(default_factory=list)  # files, globs, directories, or hf:NAME
     val_inputs: list[str] = field(default_factory=list)  # optional: a separate validation source
-    out: str = ""
+    out: str = ""  # the shard directory to write
     text_mode: Literal["line", "block", "file"] = "line"  # a document per line / blank-line block / file
-    jsonl_field: str = "text"
-    parquet_column: str = "text"
-    hf_split: str = "train"
-    val_fraction: float = 0.05
+    jsonl_field: str = "text"  # JSONL field holding the text (or a list of words)
+    parquet_column: str = "text"  # Parquet column holding the text
+    hf_split: str = "train"  # hf:NAME inputs: the dataset split
+    val_fraction: float = 0.05  # share of the data held out for validation
     val_mode: Literal["documents", "tail"] = "documents"  # hashed documents, or the last tokens
-    invalid_utf8: Literal["skip", "fail"] = "skip"
+    invalid_utf8: Literal["skip", "fail"] = "skip"  # skip (and count) or fail on undecodable input
     workers: int = 0  # 0: one per CPU core
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -242,16 +284,16 @@ class TaskConfig:
     image checkpoint; ``train_split`` of ``train`` is budgeted, ``eval_split`` of ``eval``
     (default: the same dataset) is reported."""
 
-    kind: Literal["classify", "tag", "translate", "image"] = "classify"
-    train: str = ""
-    eval: str = ""
+    kind: Literal["classify", "tag", "translate", "image"] = "classify"  # what a record holds and how it is scored
+    train: str = ""  # the labelled data the budget is drawn from
+    eval: str = ""  # the reported set (never used to choose anything)
     train_split: str = "train"  # image
     eval_split: str = "test"  # image
     crop_min: float = 1.0  # image: random crops of at least this fraction of the area while training; 1: none
     flip: bool = False  # image: random horizontal flips while training
-    text_field: str = "text"
-    label_field: str = "label"
-    max_len: int = 128
+    text_field: str = "text"  # record field of the text (or the words, or the source)
+    label_field: str = "label"  # record field of the label (or the tags, or the target)
+    max_len: int = 128  # tokens per example (longer ones are cut, and counted)
     beam_size: int = 1  # translate: beam width for the reported score (greedy while training)
 
 
@@ -265,21 +307,21 @@ class FinetuneConfig:
     budget: int = 0  # labelled examples drawn (class-stratified) from task.train; 0: all
     val_fraction: float = 0.2  # of the budget, held out to pick the best step (early stopping)
     val_max: int = 2000  # at most this many held out (a large budget needs no more to choose well)
-    pooling: Literal["mean", "cls", "last", "max"] = "mean"
-    freeze_backbone: bool = False  # a linear probe: logistic regression on frozen pooled features
-    # Frozen backbone: the logistic probe; weighted kNN of the budget's features; or the budget's
-    # labels propagated over a kNN graph of the budget and the unlabelled training examples, then
-    # read by kNN (classification; the unlabelled examples' labels are never read).
-    readout: Literal["logistic", "knn", "propagate"] = "logistic"
+    pooling: Literal["mean", "cls", "last", "max"] = "mean"  # how a sequence becomes one vector for the head
+    # How the cell reads the backbone out (an entry of headstart.readouts): finetune (the whole model,
+    # early stopping on the held-out part of the budget); logistic (a probe on frozen pooled features);
+    # knn (weighted kNN of the budget's frozen features); propagate (the budget's labels spread over a kNN
+    # graph of the budget and the unlabelled training examples, then read by kNN); distill (self-training)
+    readout: str = "finetune"
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
     # At least this many passes over the training split: a large budget gets proportionally more
     # steps (and evaluations as often in relative terms) than train.steps, which suits small ones.
     min_epochs: float = 0.0
-    # Self-training (SimCLRv2's distillation): > 0 trains a student, from the same init, this many
-    # steps on the budget plus unlabelled training examples labelled by the teacher's class
-    # probabilities (classification tasks; their own labels are never read).
-    distill_steps: int = 0
+    # readout=distill (SimCLRv2's self-training): the student, from the same init, trains this many steps
+    # on the budget plus unlabelled training examples labelled by the teacher's class probabilities
+    # (classification tasks; their own labels are never read).
+    distill_steps: int = 800
     # The teacher: the fine-tuned model, or label propagation on the init's frozen features.
     distill_teacher: Literal["finetuned", "propagate"] = "finetuned"
     # Unlabelled training examples that self-training and label propagation read (drawn per seed);
@@ -291,6 +333,16 @@ class FinetuneConfig:
         default_factory=lambda: TrainConfig(steps=300, batch_size=32, eval_every=50, checkpoint_every=0, log_every=10)
     )
     run: RunConfig = field(default_factory=RunConfig)
+
+    def problems(self) -> list[str]:
+        return [
+            *_at_least("budget", self.budget, 0),
+            *_in_range("val_fraction", self.val_fraction, 0.0, 1.0),
+            *_in_range("layer_decay", self.layer_decay, 0.0, 1.0, high_ok=True),
+            *_at_least("distill_steps", self.distill_steps, 1),
+            *_at_least("unlabelled", self.unlabelled, 0),
+            *_at_least("min_epochs", self.min_epochs, 0),
+        ]
 
 
 @dataclass
@@ -308,14 +360,15 @@ class StudyConfig:
     # reference_text) or "ngrams" (bag of n-grams from the labels alone) for text
     # classification, "pixels" (raw pixel values) for images
     inits: dict[str, str] = field(default_factory=dict)
-    # name → fine-tune overrides for that init's runs only, e.g. {simclr-knn: [freeze_backbone=true, readout=knn]}
+    # name → fine-tune overrides for that init's runs only, e.g. {simclr-knn: [readout=knn]}
     init_settings: dict[str, list[str]] = field(default_factory=dict)
     architecture: str = ""  # for scratch: default, the first checkpoint among the inits
     budgets: list[int] = field(default_factory=lambda: [100, 500, 2000, 0])  # 0: all labels
-    seeds: int = 5
+    seeds: int = 5  # seeds per (init, budget) cell: 0, 1, ...
+    # candidate name → fine-tune overrides; each cell keeps the best on its validation split
     sweep: dict[str, list[str]] = field(
         default_factory=lambda: {
-            "probe": ["freeze_backbone=true"],
+            "probe": ["readout=logistic"],
             "lr1e-4": ["optim.lr=1e-4"],
             "lr3e-4": ["optim.lr=3e-4"],
         }
@@ -408,11 +461,52 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def load_config(cls: type[T], source: str | None, overrides: list[str] | dict[str, Any] | None = None) -> T:
-    """Recipe or YAML file, then overrides, into a checked ``cls``."""
+    """Recipe or YAML file, then overrides, into a checked ``cls``: every key and type, then every
+    value against its range and the other fields (``check``)."""
     data = load_yaml(source) if source else {}
     if overrides:
         data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
-    return build(cls, data)
+    return check(build(cls, data))
+
+
+def check(config: T) -> T:
+    """Every problem of ``config`` and of the sections in it (each config class's ``problems``),
+    reported together in one error."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if hasattr(node, "problems"):
+            found.extend(node.problems())
+        for item in dataclasses.fields(node):
+            value = getattr(node, item.name)
+            if dataclasses.is_dataclass(value):
+                walk(value)
+
+    walk(config)
+    if found:
+        raise HeadstartError("; ".join(found))
+    return config
+
+
+def _at_least(name: str, value: float, low: float) -> list[str]:
+    if value >= low:
+        return []
+    expected = "a positive integer" if low == 1 and isinstance(value, int) else f"at least {low:g}"
+    return [f"{name}={value}: expected {expected}"]
+
+
+def _positive(name: str, value: float) -> list[str]:
+    return [] if value > 0 else [f"{name}={value}: expected a positive number"]
+
+
+def _in_range(
+    name: str, value: float, low: float, high: float, low_ok: bool = False, high_ok: bool = False
+) -> list[str]:
+    above = value >= low if low_ok else value > low
+    below = value <= high if high_ok else value < high
+    if above and below:
+        return []
+    return [f"{name}={value}: expected {low:g} {'≤' if low_ok else '<'} value {'≤' if high_ok else '<'} {high:g}"]
 
 
 def save_yaml(config: Any, path: Path) -> None:

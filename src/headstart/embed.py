@@ -3,7 +3,6 @@ tokens, one float32 row per input record (what a retrieval index or a probe read
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from headstart.data.tokenizers import tokenizer_info
+from headstart.files import atomic_path
 from headstart.models.heads import Pooling, pool
 from headstart.objectives.classify import pad_batch
 from headstart.tasks.base import length_batches
@@ -34,8 +34,5 @@ def embed_texts(
 
 def save_array(array: np.ndarray, path: Path) -> None:
     """Write ``path`` (.npy) through a temporary sibling: a crash leaves the previous file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.save(handle, array)
-    tmp.replace(path)

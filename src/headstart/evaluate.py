@@ -12,9 +12,10 @@ from headstart.data.sources import ReadOptions, SkipLog, read_documents
 from headstart.data.tokenizers import load_tokenizer, tokenize_documents, tokenizer_hash, utf8_len
 from headstart.data.windows import eval_windows
 from headstart.errors import HeadstartError
+from headstart.objectives.registry import build_objective
 from headstart.train.checkpoint import load_pretrained
-from headstart.train.pretrain import build_objective, split_bytes_per_token
 from headstart.train.validate import evaluate_windows
+from headstart.workflows.pretrain_data import split_bytes_per_token
 
 
 def evaluate_checkpoint(

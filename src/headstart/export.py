@@ -32,8 +32,6 @@ Needs ``transformers`` ≥ 5 (imported lazily: an optional dependency).
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -56,12 +54,12 @@ from headstart.data.tokenizers import (
     tokenizer_info,
 )
 from headstart.errors import HeadstartError
-from headstart.models import resolve
-from headstart.models.build import backbone_of
+from headstart.files import atomic_path
+from headstart.models import backbone_of, resolve
 from headstart.models.transformer import RMS_NORM_EPS, Transformer, mlp_hidden
 from headstart.train import checkpoint as ckpt
 from headstart.train.checkpoint import load_pretrained
-from headstart.train.continued import grow_vocabulary
+from headstart.workflows.continued import grow_vocabulary
 
 Weights = dict[str, torch.Tensor]
 
@@ -238,17 +236,9 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         add_bos_token=arch.causal,
         model_max_length=config.context,
     )
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(target, directory=True) as tmp:  # target is empty or absent (checked above)
         hf_model.save_pretrained(tmp)
         hf_tokenizer.save_pretrained(tmp)
-        if target.exists():
-            target.rmdir()  # empty (checked above)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

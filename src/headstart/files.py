@@ -3,26 +3,47 @@ crash leaves the previous good file), and JSON-lines logs read past a torn last 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary sibling, fsynced, then renamed over ``path``; the
-    temporary file is removed if the write fails."""
+@contextlib.contextmanager
+def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write into (a file, or with ``directory`` a folder),
+    flushed to disk and renamed over ``path`` when the block ends; removed when it fails, so a
+    crash or an error leaves the previous ``path`` as it was and nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    suffix = path.suffix if not directory else ""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        yield tmp
+        for written in [*(tmp.rglob("*") if directory else []), tmp]:
+            if written.is_file():
+                with written.open("rb") as handle:
+                    os.fsync(handle.fileno())
+        if directory and path.exists():
+            shutil.rmtree(path)
         tmp.replace(path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

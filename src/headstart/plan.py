@@ -36,12 +36,14 @@ from headstart.data.shards import ShardWriter
 from headstart.data.tokenizers import SPECIAL_TOKENS, UNK, load_tokenizer, token_dtype, tokenizer_info
 from headstart.errors import HeadstartError
 from headstart.files import write_markdown, write_text_atomic
-from headstart.models.build import backbone_of, build_model
+from headstart.models import backbone_of
 from headstart.models.transformer import SIZES, float32_attention, mlp_hidden
+from headstart.objectives.registry import build_model
 from headstart.train.device import pick_device, pick_precision
 from headstart.train.flops import matmul_params, peak_flops
 from headstart.train.log import format_duration
-from headstart.train.pretrain import calibrate, pretrain_flops_per_token, resolve_config, transformer_passes
+from headstart.workflows.pretrain import calibrate
+from headstart.workflows.pretrain_data import pretrain_flops_per_token, resolve_config, transformer_passes
 
 TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022
 DEFAULT_RECIPE = "gpt-tiny"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
 
-from headstart.files import read_jsonl
+from headstart.files import atomic_path, read_jsonl
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -38,8 +37,9 @@ def loss_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Write the PNG under a temporary name and rename it: a crash leaves the previous plot."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

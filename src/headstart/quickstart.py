@@ -26,13 +26,14 @@ from headstart.data.prepare import prepare
 from headstart.data.stdlib_corpus import write_package_task, write_stdlib_corpus
 from headstart.data.tokenizers import load_tokenizer, tokenizer_info
 from headstart.evaluate import evaluate_checkpoint
+from headstart.files import write_text_atomic
 from headstart.generate import sample
 from headstart.plots import loss_curve
 from headstart.train.checkpoint import load_pretrained
-from headstart.train.pretrain import pretrain, steps_for_minutes
 from headstart.transfer.report import grouped, mean_and_interval
 from headstart.transfer.results import read_results
 from headstart.transfer.study import run_study
+from headstart.workflows.pretrain import pretrain, steps_for_minutes
 
 RECIPE = "quickstart"
 PROMPT = "def "
@@ -55,7 +56,7 @@ def package_study(out: Path, checkpoint: Path, train: Path, test: Path) -> Study
         inits={"pretrained": str(checkpoint), "scratch": "scratch", "ngrams": "ngrams"},
         budgets=BUDGETS,
         seeds=2,
-        sweep={"probe": ["freeze_backbone=true"], "full": ["optim.lr=1e-3"]},
+        sweep={"probe": ["readout=logistic"], "full": ["optim.lr=1e-3"]},
         run=RunConfig(out_dir=str(out), name="transfer"),
     )
 
@@ -137,9 +138,7 @@ compute: [transfer/report.md](transfer/report.md).
 Checkpoint: `{result.checkpoint}` — try `headstart generate {result.checkpoint} --prompt "import "`.
 Total wall time {(time.perf_counter() - started) / 60:.1f} minutes.
 """
-    tmp = summary.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(summary)
+    write_text_atomic(summary, text)
     console.print(f"report: {summary}")
     return summary
 

@@ -161,3 +161,21 @@ def read_tagged_jsonl(
             )
         encoded.append(np.array([index[t] for t in tags], dtype=np.int64))
     return TaggedText(sentences, encoded, tag_names)
+
+
+def split_validation(
+    strata: np.ndarray, chosen: np.ndarray, fraction: float, seed: int, most: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a stratified validation split from the budget (at least one example per class,
+    at most ``most`` when it is positive)."""
+    n_classes = len(np.unique(strata))
+    size = max(n_classes, round(fraction * len(chosen)))
+    size = min(size, max(most, n_classes)) if most > 0 else size
+    if len(chosen) - size < n_classes:
+        raise HeadstartError(
+            f"budget {len(chosen)}: too small to hold out {size} validation examples and still train on every class"
+        )
+    held_local = stratified_budget(strata[chosen], size, seed + 7919)
+    mask = np.zeros(len(chosen), dtype=bool)
+    mask[held_local] = True
+    return chosen[~mask], chosen[mask]

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
+from headstart.files import atomic_path
+
 # Tests, demos, generated data and the IDE are not representative library code.
 EXCLUDED_DIRS = frozenset(
     {
@@ -132,14 +134,12 @@ def write_stdlib_corpus(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"stdlib_{what}.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
     records = iter_stdlib_sources(root, packages) if what == "source" else iter_stdlib_docstrings(root, packages)
     excluded = set(exclude_modules)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
             if record["module"] not in excluded:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 
@@ -166,10 +166,8 @@ def write_package_task(out_dir: str | Path, classes: int = 8, root: Path | None 
     paths = {split: out / f"package_{split}.jsonl" for split in ("train", "test")}
     test_modules = {r["module"] for r in records if r["package"] in labels and is_test_module(r["module"])}
     for split, path in paths.items():
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 if record["package"] in labels and (record["module"] in test_modules) == (split == "test"):
                     f.write(json.dumps({"text": record["text"], "label": record["package"]}, ensure_ascii=False) + "\n")
-        tmp.replace(path)
     return paths["train"], paths["test"], test_modules

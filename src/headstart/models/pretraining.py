@@ -1,7 +1,7 @@
 """The networks around a backbone that only a pretraining objective reads: ELECTRA's generator
 and detection head, SimCSE's sentence projection, SimCLR's projection head and MAE's pixel
-decoder. Each keeps the backbone that fine-tuning starts from as an attribute
-(``discriminator`` for ELECTRA, ``backbone`` for the others; see ``build.backbone_of``)."""
+decoder. Each keeps the backbone that fine-tuning starts from as ``backbone``
+(``models.backbone_of``)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ class ElectraPair(nn.Module):
         self.detect = nn.Linear(config.n_embd, 1)
         nn.init.normal_(self.detect.weight, 0.0, config.init_std)
         nn.init.zeros_(self.detect.bias)
+
+    @property
+    def backbone(self) -> Transformer:
+        """The discriminator: what fine-tuning starts from."""
+        return self.discriminator
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.discriminator(idx, padding_mask)

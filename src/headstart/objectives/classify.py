@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.data.augment import augment, to_float
+from headstart.objectives.base import Objective
 
 
 def pad_batch(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +23,7 @@ def pad_batch(sequences: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-class Classify:
+class Classify(Objective):
     name = "classify"
     head_fraction = 0.0  # no vocabulary projection
 
@@ -36,7 +37,7 @@ class Classify:
         return int(batch["mask"].sum())
 
 
-class ImageClassify:
+class ImageClassify(Objective):
     """uint8 images in (made float here, and randomly cropped / flipped when ``views`` is given,
     with randomness drawn from the step's generator: resume needs no replay)."""
 

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.objectives.base import Objective
 
-class CausalLM:
+
+class CausalLM(Objective):
     name = "clm"
     head_fraction = 1.0
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.data.augment import augment, to_float
+from headstart.objectives.base import Objective
 
 
 def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +85,7 @@ def cached_backward(
     return loss.detach(), extra
 
 
-class SimCLR:
+class SimCLR(Objective):
     name = "simclr"
     head_fraction = 0.0
     unit = "img"  # throughput counts images
@@ -120,7 +121,7 @@ class SimCLR:
         return batch["first"].size(0)
 
 
-class SimCSE:
+class SimCSE(Objective):
     """Unsupervised SimCSE (Gao et al. 2021): each sentence goes through the model twice, and
     the two dropout masks make the two views; the other sentences are the negatives."""
 

@@ -13,9 +13,10 @@ from torch import nn
 
 from headstart.data.augment import to_float
 from headstart.errors import HeadstartError
+from headstart.objectives.base import Objective
 
 
-class MAE:
+class MAE(Objective):
     name = "mae"
     head_fraction = 0.0
     unit = "img"  # throughput counts images

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.objectives.base import Objective
 
 
-class MaskedLM:
+class MaskedLM(Objective):
     name = "mlm"
 
     def __init__(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.objectives.base import Objective
 from headstart.objectives.mlm import MaskedLM
 
 
@@ -25,7 +26,7 @@ def default_generator_layers(n_layer: int) -> int:
     return max(1, n_layer // 3)
 
 
-class ReplacedTokenDetection:
+class ReplacedTokenDetection(Objective):
     name = "rtd"
     head_fraction = 0.0  # the discriminator scores one logit per token, not the vocabulary
     reports_perplexity = False

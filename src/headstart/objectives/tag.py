@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.objectives.base import Objective
+
 IGNORE = -100  # the target of tokens that carry no label (later sub-words, the start marker, the source)
 
 
-class TokenTargets:
+class TokenTargets(Objective):
     def __init__(self, name: str, head_fraction: float) -> None:
         self.name = name
         self.head_fraction = head_fraction  # 0 for a small tag head, 1 when the vocabulary is scored

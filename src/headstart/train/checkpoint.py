@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,14 @@ import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
+from tokenizers import Tokenizer
 from torch import nn
 
 from headstart.config import PretrainConfig, build
+from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError
-from headstart.models.build import build_model
+from headstart.models import backbone_of
+from headstart.objectives.registry import build_model
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 REQUIRED = ("config.yaml", "model.safetensors", "manifest.json")
@@ -205,12 +209,40 @@ def load_state(path: Path) -> dict[str, Any]:
         raise HeadstartError(f"checkpoint {path / 'state.pt'}: cannot be read ({exc.__class__.__name__})") from None
 
 
-def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:
-    """A pretraining checkpoint's model as trained (weights loaded, eval mode), its config, and its directory."""
+@dataclass
+class Opened:
+    """A pretraining checkpoint, opened: its directory, its resolved config, the network its run
+    trained (weights loaded unless opened for its shape alone), and its tokenizer (None for an
+    image checkpoint)."""
+
+    folder: Path
+    config: PretrainConfig
+    model: nn.Module
+    tokenizer: Tokenizer | None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return backbone_of(self.model)
+
+
+def open_checkpoint(path: str | Path, weights: bool = True, dropout: float | None = None) -> Opened:
+    """The one way a checkpoint is opened: resolved (a run directory means its newest), verified
+    against its manifest, its config read, its model built (``dropout``: in place of the one it
+    trained with) and, with ``weights``, loaded."""
     folder = resolve_checkpoint(path)
     verify(folder)
     config = build(PretrainConfig, read_config(folder), "checkpoint config")
+    if dropout is not None:
+        config = replace(config, model=replace(config.model, dropout=dropout))
     model = build_model(config)
-    load_weights(folder, model)
-    model.eval()
-    return model, config, folder
+    if weights:
+        load_weights(folder, model)
+    tokenizer = load_tokenizer(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else None
+    return Opened(folder, config, model, tokenizer)
+
+
+def load_pretrained(path: str | Path) -> tuple[nn.Module, PretrainConfig, Path]:
+    """A checkpoint's model as trained, in eval mode, with its config and its directory."""
+    opened = open_checkpoint(path)
+    opened.model.eval()
+    return opened.model, opened.config, opened.folder

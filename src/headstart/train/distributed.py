@@ -59,6 +59,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
+from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
 from headstart.train.flops import peak_flops
 
@@ -101,13 +102,13 @@ class Parallel:
         local = batch.size(0) // self.world
         return batch[self.rank * local : (self.rank + 1) * local]
 
-    def weight(self, objective: Any, full: Any, local: Any) -> float:
+    def weight(self, objective: Objective, full: Any, local: Any) -> float:
         """What this rank's mean loss is multiplied by so that the mean over ranks is the global
         batch's mean: world × the rank's share of the terms the loss averages."""
-        terms = getattr(objective, "terms", None)
-        if self.world == 1 or terms is None:
+        if self.world == 1:
             return 1.0
-        return self.world * terms(local) / max(terms(full), 1)
+        total = objective.terms(full)
+        return 1.0 if total is None else self.world * objective.terms(local) / max(total, 1)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of ``value`` over the ranks (gloo has no average: a sum, divided)."""
@@ -133,9 +134,9 @@ class Parallel:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def refuse_coupled(self, objective: Any) -> None:
+    def refuse_coupled(self, objective: Objective) -> None:
         """A loss that compares each sample with the whole batch cannot be split across ranks."""
-        if self.mode != "none" and getattr(objective, "couples_batch", False):
+        if self.mode != "none" and objective.couples_batch:
             raise HeadstartError(
                 f"objective.name={objective.name}: its loss compares each sample with the whole batch, which "
                 "distributed training does not split; use train.parallel=none (one process)"

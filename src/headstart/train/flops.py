@@ -13,6 +13,7 @@ carry. torch's FLOP counter counts the matmuls and the convolution, not the scan
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.config import ModelConfig
+from headstart.files import write_text_atomic
 from headstart.models import resolve
 from headstart.models.transformer import mlp_hidden
 
@@ -120,13 +122,8 @@ def peak_flops(dtype: torch.dtype, device: torch.device) -> float:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     flops = measure_peak_flops(dtype, device)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"flops": flops, "measured_at": time.time()}))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only home only costs a re-probe next time
+    with contextlib.suppress(OSError):  # a read-only home only costs a re-probe next time
+        write_text_atomic(path, json.dumps({"flops": flops, "measured_at": time.time()}))
     return flops
 
 

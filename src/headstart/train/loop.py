@@ -186,9 +186,8 @@ def build_callbacks(
     train = job.settings.train
     resume_step = state.step if start.resume is not None else None
     metrics = MetricsFile(outputs.run_dir / "metrics.jsonl", resume_step) if parallel.main else None  # rank 0 writes
-    unit = getattr(job.objective, "unit", "tok")
     quiet = outputs.quiet or not parallel.main
-    progress = ProgressDisplay(outputs.console, train.steps, state.step, quiet=quiet, unit=unit)
+    progress = ProgressDisplay(outputs.console, train.steps, state.step, quiet=quiet, unit=job.objective.unit)
     log = StepLog(
         parallel, metrics, progress, job.flops_per_unit, parallel.peak_flops(dtype), train.steps, train.log_every,
         job.settings.optim.lr, start_step=state.step,
@@ -236,7 +235,7 @@ def train_step(
         rows = parallel.rows(full)
         batch, weight = to_device(rows, parallel.device), parallel.weight(objective, full, rows)
         with parallel.accumulating(wrapped, sync=micro == train.grad_accum - 1):
-            if getattr(objective, "chunk", 0) > 0:  # GradCache: the objective back-propagates itself
+            if objective.chunk > 0:  # GradCache: the objective back-propagates itself
                 with autocast:
                     loss, extra = wrapped(objective.backward_loss, batch, 1.0 / train.grad_accum)
             else:

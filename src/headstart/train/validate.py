@@ -37,7 +37,7 @@ def evaluate_windows(
             extras[key] = extras.get(key, 0.0) + float(value) * weight
     loss = total_loss / max(1, total_weight)
     result = {"val_loss": loss}
-    if getattr(objective, "reports_perplexity", True):
+    if objective.reports_perplexity:
         result["val_ppl"] = math.exp(min(loss, 50.0))
     if bytes_per_token and "val_ppl" in result:
         result["val_bpb"] = loss / math.log(2) / bytes_per_token

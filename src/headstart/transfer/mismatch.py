@@ -43,12 +43,12 @@ from headstart.data.tokenizers import encode_documents, load_tokenizer, tokenize
 from headstart.data.windows import eval_windows
 from headstart.embed import embed_texts
 from headstart.errors import HeadstartError
-from headstart.models.build import backbone_of
+from headstart.models import backbone_of
 from headstart.models.pretraining import ElectraPair
 from headstart.objectives.base import Objective
+from headstart.objectives.registry import build_objective, objective_entry
+from headstart.readouts.probe import fit_logistic
 from headstart.train.checkpoint import load_pretrained
-from headstart.train.pretrain import build_objective
-from headstart.train.probe import fit_logistic
 from headstart.train.validate import evaluate_windows
 from headstart.transfer.reference import ngram_features, words
 
@@ -242,14 +242,15 @@ def language_model(
 ) -> tuple[nn.Module, Objective, str] | None:
     """The model and objective whose loss is a perplexity, and its name; ELECTRA's generator is
     its masked LM; None for sentence encoders (SimCSE), which keep no trained LM head."""
-    objective = config.objective
-    if objective.name == "simcse":
+    entry = objective_entry(config.objective.name)
+    if not entry.comparable_loss:
         return None
     if isinstance(model, ElectraPair):
-        model, config = model.generator, replace(config, objective=replace(objective, name="mlm"))
-    if objective.name == "clm":
+        model, config = model.generator, replace(config, objective=replace(config.objective, name="mlm"))
+    if entry.causal:
         return model, build_objective(config, tokenizer), "next-token"
-    return model, build_objective(config, tokenizer), f"masked-LM, {objective.mask_prob:.0%} masked, fixed seed"
+    masked = f"masked-LM, {config.objective.mask_prob:.0%} masked, fixed seed"
+    return model, build_objective(config, tokenizer), masked
 
 
 def perplexity(model: nn.Module, objective: Objective, tokens: np.ndarray, seq_len: int) -> float:

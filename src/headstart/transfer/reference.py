@@ -25,13 +25,13 @@ import torch
 from rich.console import Console
 
 from headstart.config import FinetuneConfig, StudyConfig
-from headstart.data.labelled import LabelledText, read_labelled_jsonl, stratified_budget
+from headstart.data.labelled import LabelledText, read_labelled_jsonl, split_validation, stratified_budget
 from headstart.data.sources import ReadOptions, SkipLog, read_documents
+from headstart.files import atomic_path
 from headstart.objectives.classify import accuracy_and_macro_f1
 from headstart.objectives.skipgram import train_skipgram
+from headstart.readouts.probe import fit_logistic
 from headstart.tasks.image import ImageClassifyTask
-from headstart.train.finetune import split_validation
-from headstart.train.probe import fit_logistic
 
 WORD = re.compile(r"[\w']+|[^\w\s]")
 
@@ -125,13 +125,8 @@ def read_vectors(path: Path) -> WordVectors | None:
 
 
 def write_vectors(vectors: WordVectors, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(vars(vectors), tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # Reference inits read out by logistic regression, and the task kind each reads.

@@ -15,10 +15,10 @@ from headstart.config import StudyConfig
 from headstart.files import read_jsonl, write_markdown
 from headstart.plots import plt, save_figure  # plots sets the display-free backend first
 from headstart.train import checkpoint as ckpt
-from headstart.train.continued import LINEAGE, read_json
 from headstart.transfer.efficiency import label_efficiency, steps_to_target
 from headstart.transfer.reference import REFERENCES, References, WordVectors
 from headstart.transfer.results import read_results
+from headstart.workflows.continued import LINEAGE, read_json
 
 
 def scale(metric: str) -> float:

@@ -29,11 +29,13 @@ from headstart.config import (
 from headstart.data.images import read_images
 from headstart.data.labelled import iter_task_records
 from headstart.errors import HeadstartError, Interrupted
+from headstart.files import write_text_atomic
+from headstart.readouts import READOUTS
 from headstart.train import checkpoint as ckpt
-from headstart.train.finetune import finetune
 from headstart.transfer.reference import REFERENCES, References
 from headstart.transfer.report import write_report
 from headstart.transfer.results import append_line, read_results
+from headstart.workflows.finetune import finetune
 
 # What must not change between a study and its resumption (budgets and seeds may grow).
 FIXED = ("finetune", "settings", "architecture", "sweep", "reference_text")
@@ -131,8 +133,8 @@ def finetune_cell(
         result = finetune(run_config, quiet=True)
         shutil.rmtree(result.run_dir / "checkpoints", ignore_errors=True)  # the study keeps metrics, not weights
         candidates[name] = (result, run_name)
-        if run_config.freeze_backbone and init_settings(config, init):
-            break  # a frozen init: the readout chooses its own L2, fine-tuning candidates would repeat it
+        if READOUTS[run_config.readout].frozen and init_settings(config, init):
+            break  # a frozen init: its readout trains nothing, so the other candidates would repeat it
     best_name = max(candidates, key=lambda n: candidates[n][0].best_val)  # ties: the first in sweep order
     best, run_name = candidates[best_name]
     summary = json.loads((best.run_dir / "result.json").read_text(encoding="utf-8"))
@@ -180,9 +182,7 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
     results_path = run_dir / "results.jsonl"
     finished = read_results(results_path)
     if results_path.is_file():  # drop a line torn by a crash before appending after it
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in finished), encoding="utf-8")
-        tmp.replace(results_path)
+        write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in finished))
     done = {(r["init"], r["budget_asked"], r["seed"]) for r in finished}
     references = References(config, base, run_dir, console)
     cells = [(b, s, i) for b in sorted(config.budgets, key=lambda b: b or train_size) for s in range(config.seeds)

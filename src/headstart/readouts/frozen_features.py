@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.readouts.probe import fit_logistic
 from headstart.tasks.image import image_features
-from headstart.train.probe import fit_logistic
 
 
 def knn_votes(

@@ -1,0 +1,55 @@
+"""Self-training (SimCLRv2's distillation): a teacher labels the unlabelled training examples
+with class probabilities, and a student from the same init learns the budget and those soft
+labels for ``distill_steps`` steps. The teacher is the fine-tuned model (``head_init=probe``
+makes it LP-FT) or label propagation on the init's frozen features (``distill_teacher``)."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+import numpy as np
+
+from headstart.models.heads import head_logits
+from headstart.readouts.context import Finetuning, Outcome
+from headstart.readouts.frozen import PoolGraph
+from headstart.readouts.full import finetuned, fit_with_early_stopping, probe_head
+from headstart.readouts.registry import ReadoutEntry, register
+
+
+def concat_encoded(first: Any, second: Any) -> Any:
+    """Two encoded sets of one task as one (each field: lists joined, arrays stacked)."""
+    joined = {}
+    for item in fields(first):
+        a, b = getattr(first, item.name), getattr(second, item.name)
+        joined[item.name] = a + b if isinstance(a, list) else np.concatenate([a, b])
+    return type(first)(**joined)
+
+
+def teacher_labels(ft: Finetuning, pool_set: Any) -> float:
+    """Label ``pool_set`` with the teacher's class probabilities (in place); returns the FLOPs spent."""
+    if ft.config.distill_teacher == "propagate":
+        graph = PoolGraph.build(ft.task, ft.model, ft.fit_set, ft.held_set, pool_set)
+        pool_set.labels = graph.spread(with_held=False)[graph.n_labelled :].numpy()
+        return graph.flops(ft.forward_flops)
+    flops = probe_head(ft) if ft.config.head_init == "probe" else 0.0
+    result, best = fit_with_early_stopping(ft, ft.model, ft.fit_set, ft.config)
+    ft.model.load_state_dict(best["state"])
+    features, _ = ft.task.features(ft.model, pool_set)
+    pool_set.labels = head_logits(ft.model.head, features).softmax(-1).numpy()  # the teacher's; labels unread
+    return flops + result.flops + ft.features_flops(pool_set)
+
+
+def self_train(ft: Finetuning) -> Outcome:
+    pool_set = ft.unlabelled_set()
+    flops = teacher_labels(ft, pool_set)
+    one_hot = np.eye(pool_set.labels.shape[1], dtype=np.float32)[ft.fit_set.labels]
+    train_set = concat_encoded(replace(ft.fit_set, labels=one_hot), pool_set)
+    message = f"distilling into a student on {len(pool_set.labels):,} teacher-labelled examples"
+    ft.console.print(message, highlight=False)
+    config = replace(ft.config, train=replace(ft.config.train, steps=ft.config.distill_steps))
+    outcome = finetuned(ft, ft.fresh_model(), train_set, config, name="student")
+    return replace(outcome, flops=outcome.flops + flops)
+
+
+register(ReadoutEntry("distill", self_train, task_kinds=("classify", "image")))

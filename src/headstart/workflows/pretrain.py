@@ -1,0 +1,120 @@
+"""Self-supervised pretraining, text and images alike: data + model + objective, through the
+one loop. What differs by modality lives in ``pretrain_data.py``; what differs by objective, in
+``objectives/registry.py``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from torch import nn
+
+from headstart.config import PretrainConfig, build, merge, save_yaml, to_dict
+from headstart.errors import HeadstartError
+from headstart.files import read_jsonl
+from headstart.models import backbone_of
+from headstart.objectives.registry import build_model, build_objective
+from headstart.train.checkpoint import Opened, open_checkpoint
+from headstart.train.distributed import launched
+from headstart.train.loop import Job, LoopResult, Outputs, Start, train_loop
+from headstart.train.run_dir import open_run
+from headstart.workflows.continued import carried_optimizer, forgetting, lineage_of, write_lineage
+from headstart.workflows.pretrain_data import open_data
+
+
+def load_continued(model: nn.Module, trained: nn.Module) -> str:
+    """Copy a continued checkpoint's weights: all of them when the two networks have the same
+    shapes (the same objective), else the backbone's. Returns which."""
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    if shapes == {name: tensor.shape for name, tensor in trained.state_dict().items()}:
+        model.load_state_dict(trained.state_dict())
+        return "whole model"
+    backbone_of(model).load_state_dict(backbone_of(trained).state_dict())
+    return "backbone"
+
+
+def pretrain(
+    config: PretrainConfig, resume: bool = False, console: Console | None = None, quiet: bool = False
+) -> LoopResult:
+    """Run (or resume) one pretraining run; returns where it ended and its last evaluation."""
+    console = console or Console(stderr=True)
+    data = open_data(config)
+    opened: Opened | None = open_checkpoint(config.init) if config.init else None
+    if opened is not None:
+        config = data.adopt(config, opened)
+    config = data.resolve(config)
+    run_dir, resume_from = open_run(config, resume, console)
+    model, objective = build_model(config), build_objective(config, data.tokenizer)
+    console.print(data.describe(config, model), highlight=False)
+    prior = (0.0, 0.0)
+    if opened is not None:
+        console.print(f"continuing {opened.folder}: its {load_continued(model, opened.model)}", highlight=False)
+    elif resume_from is None:
+        *prior, note = data.warm_start(model, config)
+        if note:
+            console.print(note, highlight=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / "config.yaml")
+    lineage = lineage_of(opened.folder) if opened is not None else []
+
+    def write_extras(folder: Path) -> None:
+        data.write_extras(folder)
+        if lineage:
+            write_lineage(lineage, folder)
+
+    job = Job(model, objective, data.source(config), config, data.flops_per_unit(config, model, objective))
+    outputs = Outputs(run_dir, to_dict(config), data.evaluator(config, objective, opened), write_extras, console, quiet)
+    carried = carried_optimizer(opened.folder, config.init_optimizer) if opened is not None else None
+    result = train_loop(job, outputs, Start(resume_from, *prior, carried, eval_at_start=opened is not None))
+    if opened is not None and (change := forgetting(run_dir / "metrics.jsonl")):
+        where = opened.config.data.shards or opened.config.data.images
+        console.print(f"forgetting: validation loss on {where} {change[0]:.4f} → {change[1]:.4f}", highlight=False)
+    return result
+
+
+def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
+    """The loop's own log record (``tokens_per_s``, ``mfu``) over the second half of a short run
+    of ``config`` here, the first half being warm-up; its directory is removed afterwards. The
+    skip-gram warm start and the final evaluation are not what is being timed."""
+    probe = build(
+        PretrainConfig,
+        merge(
+            to_dict(config),
+            {
+                "train": {
+                    "steps": steps,
+                    "eval_every": 0,
+                    "checkpoint_every": 0,
+                    "log_every": steps // 2,
+                    "eval_batches": 1,
+                },
+                "embeddings": {"init": "random"},
+                "run": {"name": (config.run.name or "run") + "-calibrate"},
+            },
+        ),
+    )
+    run_dir = Path(probe.run.out_dir) / probe.run.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        pretrain(probe, console=Console(quiet=True), quiet=True)
+        records = read_jsonl(run_dir / "metrics.jsonl")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return [r for r in records if "tokens_per_s" in r][-1]
+
+
+def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
+    """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
+    model and data, so a time budget still gets a complete schedule."""
+    if launched():  # every rank would time itself and plan its own schedule
+        raise HeadstartError("--minutes times one process; under torchrun set train.steps instead")
+    tokens_per_s = calibrate(config)["tokens_per_s"]
+    train = config.train
+    tokens_per_sample = 1 if config.data.images else train.seq_len  # an image counts as one
+    seconds_per_step = train.batch_size * train.grad_accum * tokens_per_sample / tokens_per_s
+    steps = int(minutes * 60 / seconds_per_step)
+    evaluations = steps // train.eval_every if train.eval_every else 0
+    eval_seconds = evaluations * train.eval_batches * seconds_per_step / 3  # forward only
+    return max(10, int((minutes * 60 - eval_seconds) / seconds_per_step * 0.95))

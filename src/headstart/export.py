@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from headstart.config import ModelConfig, ObjectiveConfig, PretrainConfig, RunConfig, build, to_dict
+from headstart.config import ModelConfig, ObjectiveConfig, PretrainConfig, RunConfig, to_dict
 from headstart.data.extend_vocab import new_token_pieces
 from headstart.data.tokenizers import (
     CLS,
@@ -55,10 +55,10 @@ from headstart.data.tokenizers import (
 )
 from headstart.errors import HeadstartError
 from headstart.files import atomic_path
-from headstart.models import backbone_of, resolve
+from headstart.models import resolve
 from headstart.models.transformer import RMS_NORM_EPS, Transformer, mlp_hidden
 from headstart.train import checkpoint as ckpt
-from headstart.train.checkpoint import load_pretrained
+from headstart.train.checkpoint import open_checkpoint
 from headstart.workflows.continued import grow_vocabulary
 
 Weights = dict[str, torch.Tensor]
@@ -210,13 +210,11 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     tokenizer.json and tokenizer_config.json. Written to a temporary sibling and renamed."""
     transformers = _transformers()
     target = _fresh(out)
-    folder = ckpt.resolve_checkpoint(checkpoint)
-    _check_exportable(build(PretrainConfig, ckpt.read_config(folder), "checkpoint config"), folder)
-    model, _, folder = load_pretrained(folder)
-    backbone = backbone_of(model)
+    opened = open_checkpoint(checkpoint)
+    _check_exportable(opened.config, opened.folder)
+    backbone, tokenizer = opened.backbone, opened.tokenizer
     config = backbone.config
     arch = DECODER if config.causal else ENCODER
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
     info = tokenizer_info(tokenizer)
     ids = {"bos_token_id": info.eod_id, "eos_token_id": info.eod_id, "pad_token_id": info.pad_id}
     if not arch.causal:

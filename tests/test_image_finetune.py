@@ -150,3 +150,10 @@ def test_self_training_distils_into_a_student_on_teacher_probabilities(tmp_path,
     assert budget.shape == (32, 2) and pool.shape == (30, 2) and np.allclose(pool.sum(1), 1.0)
     with pytest.raises(HeadstartError, match=r"readout=distil: expected one of .* \(did you mean distill\?\)"):
         finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=typo", "readout=distil")
+
+
+def test_fixmatch_consistency_on_images(tmp_path, tiny_images, tiny_simclr):
+    result = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=fixmatch", "readout=consistency",
+                      "unlabelled_ratio=2", "consistency_threshold=0.7")  # fmt: skip
+    assert result.steps == 30 and result.metrics["accuracy"] >= 0.8
+    assert "confident" in (result.run_dir / "metrics.jsonl").read_text()

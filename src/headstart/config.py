@@ -311,7 +311,8 @@ class FinetuneConfig:
     # How the cell reads the backbone out (an entry of headstart.readouts): finetune (the whole model,
     # early stopping on the held-out part of the budget); logistic (a probe on frozen pooled features);
     # knn (weighted kNN of the budget's frozen features); propagate (the budget's labels spread over a kNN
-    # graph of the budget and the unlabelled training examples, then read by kNN); distill (self-training)
+    # graph of the budget and the unlabelled training examples, then read by kNN); distill (self-training);
+    # consistency (fine-tuning plus FixMatch / UDA consistency training on the unlabelled examples)
     readout: str = "finetune"
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
@@ -324,7 +325,12 @@ class FinetuneConfig:
     distill_steps: int = 800
     # The teacher: the fine-tuned model, or label propagation on the init's frozen features.
     distill_teacher: Literal["finetuned", "propagate"] = "finetuned"
-    # Unlabelled training examples that self-training and label propagation read (drawn per seed);
+    consistency_threshold: float = 0.9  # readout=consistency: confidence a weak view's prediction needs to teach
+    consistency_weight: float = 1.0  # readout=consistency: weight of the unlabelled loss against the budget's
+    unlabelled_ratio: int = 3  # readout=consistency: unlabelled examples per labelled one in each batch
+    consistency_noise: float = 0.2  # readout=consistency, text: share of tokens masked or replaced in the strong view
+    # Unlabelled training examples that self-training, consistency training and label propagation read
+    # (drawn per seed);
     # 0: every training example outside the budget.
     unlabelled: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01))
@@ -341,6 +347,10 @@ class FinetuneConfig:
             *_in_range("layer_decay", self.layer_decay, 0.0, 1.0, high_ok=True),
             *_at_least("distill_steps", self.distill_steps, 1),
             *_at_least("unlabelled", self.unlabelled, 0),
+            *_in_range("consistency_threshold", self.consistency_threshold, 0.0, 1.0, low_ok=True, high_ok=True),
+            *_at_least("consistency_weight", self.consistency_weight, 0),
+            *_at_least("unlabelled_ratio", self.unlabelled_ratio, 1),
+            *_in_range("consistency_noise", self.consistency_noise, 0.0, 1.0, low_ok=True),
             *_at_least("min_epochs", self.min_epochs, 0),
         ]
 
@@ -363,6 +373,9 @@ class StudyConfig:
     # name → fine-tune overrides for that init's runs only, e.g. {simclr-knn: [readout=knn]}
     init_settings: dict[str, list[str]] = field(default_factory=dict)
     architecture: str = ""  # for scratch: default, the first checkpoint among the inits
+    # the init that is plain supervised fine-tuning from scratch (e.g. {supervised: scratch} with
+    # init_settings {supervised: [readout=finetune]}): the report's second label efficiency is against it
+    supervised: str = ""
     budgets: list[int] = field(default_factory=lambda: [100, 500, 2000, 0])  # 0: all labels
     seeds: int = 5  # seeds per (init, budget) cell: 0, 1, ...
     # candidate name → fine-tune overrides; each cell keeps the best on its validation split

@@ -14,10 +14,11 @@ from torch import nn
 from headstart.config import FinetuneConfig, TrainConfig, to_dict
 from headstart.data.examples import ExampleBatches
 from headstart.errors import Interrupted
+from headstart.objectives.base import Objective
 from headstart.readouts.context import Finetuning, Outcome
 from headstart.readouts.probe import fit_logistic
 from headstart.readouts.registry import ReadoutEntry, register
-from headstart.train.loop import Job, LoopResult, Outputs, train_loop
+from headstart.train.loop import Job, LoopResult, Outputs, SampleSource, train_loop
 
 
 def steps_for_epochs(train: TrainConfig, min_epochs: float, examples: int) -> TrainConfig:
@@ -55,11 +56,18 @@ def probe_head(ft: Finetuning) -> float:
 
 
 def fit_with_early_stopping(
-    ft: Finetuning, model: nn.Module, train_set: Any, config: FinetuneConfig, name: str = ""
+    ft: Finetuning,
+    model: nn.Module,
+    train_set: Any,
+    config: FinetuneConfig,
+    name: str = "",
+    objective: Objective | None = None,
+    source: SampleSource | None = None,
 ) -> tuple[LoopResult, dict[str, Any]]:
     """Train ``model`` on ``train_set`` through the one loop, scoring the held-out split at every
     evaluation; returns the loop's result and the best evaluation (score, weights, step: the
-    earliest that reached it). ``name``: a sub-directory of the run for this fit."""
+    earliest that reached it). ``name``: a sub-directory of the run for this fit; ``objective``
+    and ``source``: in place of the task's loss and ``train_set``'s batches."""
     task = ft.task
     best: dict[str, Any] = {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "step": 0}
     every, steps = config.train.eval_every, config.train.steps
@@ -75,8 +83,8 @@ def fit_with_early_stopping(
         return {**{f"val_{k}": v for k, v in scores.items()}, **{f"eval_{k}": v for k, v in reported.items()}}
 
     lr_scale = layer_scale(len(model.backbone.blocks), config.layer_decay) if config.layer_decay != 1.0 else None
-    source = ExampleBatches(task.size(train_set), task.collate(train_set), config.train.seed)
-    job = Job(model, task.objective, source, config, 3 * ft.forward_flops, lr_scale)
+    source = source or ExampleBatches(task.size(train_set), task.collate(train_set), config.train.seed)
+    job = Job(model, objective or task.objective, source, config, 3 * ft.forward_flops, lr_scale)
     run_dir = ft.run_dir / name if name else ft.run_dir
     result = train_loop(job, Outputs(run_dir, to_dict(config), evaluate, console=ft.console, quiet=ft.quiet))
     if result.interrupted:  # a fine-tune is short: nothing half-trained is reported, a rerun starts over
@@ -84,9 +92,12 @@ def fit_with_early_stopping(
     return result, best
 
 
-def finetuned(ft: Finetuning, model: nn.Module, train_set: Any, config: FinetuneConfig, name: str = "") -> Outcome:
-    """Fit with early stopping, then score the reported set once with the best weights."""
-    result, best = fit_with_early_stopping(ft, model, train_set, config, name)
+def finetuned(
+    ft: Finetuning, model: nn.Module, train_set: Any, config: FinetuneConfig, name: str = "", **fit: Any
+) -> Outcome:
+    """Fit with early stopping (``fit``: its ``objective`` and ``source``), then score the
+    reported set once with the best weights."""
+    result, best = fit_with_early_stopping(ft, model, train_set, config, name, **fit)
     model.load_state_dict(best["state"])
     metrics = ft.task.score(model, ft.eval_set, final=True)
     return Outcome(metrics, float(best["score"]), result.flops, int(best["step"]), result.step)

@@ -48,6 +48,10 @@ def check_inits(config: StudyConfig) -> str:
     checkpoints = [v for v in config.inits.values() if v not in ("scratch", *REFERENCES)]
     for path in checkpoints:
         ckpt.verify(ckpt.resolve_checkpoint(path))
+    if config.supervised and config.inits.get(config.supervised) != "scratch":
+        raise HeadstartError(
+            f"supervised={config.supervised}: expected the name of an init from scratch (inits: {{NAME: scratch}})"
+        )
     architecture = config.architecture or (checkpoints[0] if checkpoints else "")
     if "scratch" in config.inits.values() and not architecture:
         raise HeadstartError("architecture: a scratch init needs a checkpoint whose shape and tokenizer to copy")

@@ -1,4 +1,5 @@
 import json
+import os
 import random
 from pathlib import Path
 
@@ -10,6 +11,20 @@ from headstart.config import PrepareConfig, TokenizerConfig
 from headstart.data.prepare import prepare
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets beside the project (``../shared/data``). A user's fresh clone has none:
+    tests that read them skip, with the reason. CI sets HEADSTART_REQUIRE_SHARED=1, where a
+    missing folder fails them instead of letting them silently skip."""
+    if not SHARED_DATA.is_dir():
+        reason = f"{SHARED_DATA} is absent (the datasets beside the project)"
+        if os.environ.get("HEADSTART_REQUIRE_SHARED") == "1":
+            pytest.fail(reason + "; HEADSTART_REQUIRE_SHARED=1 requires it")
+        pytest.skip(reason)
+    return SHARED_DATA
+
 
 WORDS = (
     "the cat sat on a mat while dogs ran far away from home and birds sang over green hills "

@@ -94,12 +94,13 @@ def test_prepare_pretrain_evaluate_generate_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_runs_offline(tmp_path):
-    result = headstart("quickstart", "--out", str(tmp_path / "qs"), "--minutes", "0.3", timeout=900)
+    result = headstart("quickstart", "--out", str(tmp_path / "qs"), "--minutes", "0.3", "--seeds", "2", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     report = (tmp_path / "qs" / "report.md").read_text()
     assert "perplexity" in report and "bits per byte" in report
     assert (tmp_path / "qs" / "loss_curve.png").stat().st_size > 10_000
     assert "which standard-library package" in report and "| pretrained |" in report and "| scratch |" in report
+    assert "With 40 labels the pretrained model reads" in report and "scratch needs" in report
     cells = (tmp_path / "qs" / "transfer" / "results.jsonl").read_text().splitlines()
     assert len(cells) == 3 * 3 * 2  # inits × budgets × seeds
     assert (tmp_path / "qs" / "transfer" / "metric_vs_labels.png").stat().st_size > 10_000

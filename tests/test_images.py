@@ -7,7 +7,6 @@ from PIL import Image
 
 from headstart.data.images import read_images
 from headstart.errors import HeadstartError
-from tests.conftest import SHARED_DATA
 
 
 def write_idx(path, array, truncate=0):
@@ -93,6 +92,6 @@ def test_image_folders_labelled_unlabelled_and_bad(tmp_path):
         ("vision/medmnist/breastmnist.npz", "val", 78, 2),
     ],
 )
-def test_shared_vision_datasets_load(path, split, count, classes):
-    data = read_images(SHARED_DATA / path, split)
+def test_shared_vision_datasets_load(shared_data, path, split, count, classes):
+    data = read_images(shared_data / path, split)
     assert len(data) == count and data.images.shape[1:] == (28, 28, 1) and data.n_classes == classes

@@ -16,7 +16,6 @@ from headstart.data.shards import open_shards
 from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "mu", "café", "日本"]
 
 
@@ -176,10 +175,8 @@ def test_console_report_lists_splits_and_skip_reasons(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_shakespeare_char_tail(tmp_path: Path) -> None:
-    src = DATA / "text" / "tinyshakespeare" / "input.txt"
-    if not src.is_file():
-        pytest.skip(f"{src} not present")
+def test_tiny_shakespeare_char_tail(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "text" / "tinyshakespeare" / "input.txt"
     cfg = _cfg(
         [src],
         tmp_path / "out",

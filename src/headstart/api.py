@@ -229,11 +229,13 @@ def import_hf(source: str | Path, out: str | Path) -> Path:
     return _import_hf(source, out)
 
 
-def quickstart(out: str | Path = "runs/quickstart", minutes: float = 3.0, console: Console | None = None) -> Path:
+def quickstart(
+    out: str | Path = "runs/quickstart", minutes: float = 3.0, console: Console | None = None, seeds: int = 5
+) -> Path:
     """The whole path offline on the standard library; returns the report's path."""
     from headstart.quickstart import run_quickstart
 
-    return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True))
+    return run_quickstart(Path(out), minutes=minutes, console=console or Console(stderr=True), seeds=seeds)
 
 
 __all__ = [

@@ -253,6 +253,7 @@ def _quickstart_arguments(verbs: Subparsers) -> None:
     )
     p.add_argument("--out", default="runs/quickstart", help="run directory")
     p.add_argument("--minutes", type=float, default=3.0, help="pretraining wall-time budget")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per study cell (default 5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,7 +402,7 @@ def _import_hf(args: argparse.Namespace, console: Console) -> int:
 def _quickstart(args: argparse.Namespace, console: Console) -> int:
     from headstart import api
 
-    api.quickstart(args.out, minutes=args.minutes, console=console)
+    api.quickstart(args.out, minutes=args.minutes, console=console, seeds=args.seeds)
     return 0
 
 

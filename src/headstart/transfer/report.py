@@ -55,8 +55,9 @@ def eval_curve(run_dir: Path, metric: str, split: str = "eval") -> tuple[list[in
     return steps, values
 
 
-def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, metric: str) -> None:
+def plot_labels(table: dict[str, dict[int, list[dict[str, Any]]]], path: Path, metric: str, task: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.4), dpi=120)
+    ax.set_title(f"{task}: {metric} against labels")
     for init, by_budget in table.items():
         budgets = sorted(by_budget)
         stats = [mean_and_interval([scale(metric) * c["value"] for c in by_budget[b]]) for b in budgets]
@@ -132,12 +133,12 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
     table = {name: table[name] for name in dict.fromkeys(order) if name in table}
     metric = records[0]["metric"] if records else "accuracy"
     budgets = sorted({b for by_budget in table.values() for b in by_budget})
-    plot_labels(table, run_dir / "metric_vs_labels.png", metric)
+    task = records[0]["task"] if records else "?"
+    plot_labels(table, run_dir / "metric_vs_labels.png", metric, task)
     plot_steps(table, run_dir / "runs", run_dir / "metric_vs_step.png", metric)
     scratch = next((name for name, source in config.inits.items() if source == "scratch"), None)
 
     lines = [f"# Transfer study: {run_dir.name}", ""]
-    task = records[0]["task"] if records else "?"
     lines += [f"Task: `{task}`, metric: {metric} on the reported set (mean ± 95% interval over seeds, "
               "n seeds in brackets). Every value is in `results.jsonl`.", "", *header(budgets, " labels")]  # fmt: skip
     lines += metric_rows(table, budgets, metric)

@@ -157,6 +157,16 @@ def finetune_cell(
     }
 
 
+def task_name(train: str) -> str:
+    """What a report calls the task: the training file's name without its split
+    (``package_train.jsonl`` → package), or its folder's (``sst2/train.jsonl`` → sst2)."""
+    path = Path(train)
+    name = path.stem.removesuffix(".jsonl")
+    for split in ("_train", "-train", ".train"):
+        name = name.removesuffix(split)
+    return path.parent.name if name in ("train", "") else name
+
+
 def count_train(task: TaskConfig) -> int:
     """Labelled training examples the budgets draw from."""
     if task.kind == "image":
@@ -207,7 +217,7 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
                 f"{done_now} of {len(cells)} cells are saved; rerun the same command to go on"
             ) from stop
         metric = cell.pop("metric")
-        record = {"init": init, "task": Path(base.task.train).parent.name or base.task.train, "budget_asked": budget,
+        record = {"init": init, "task": task_name(base.task.train), "budget_asked": budget,
                   "seed": seed, "metric": metric, "value": cell[metric], **cell}  # fmt: skip
         append_line(results_path, record)
         console.print(

@@ -157,3 +157,16 @@ def test_fixmatch_consistency_on_images(tmp_path, tiny_images, tiny_simclr):
                       "unlabelled_ratio=2", "consistency_threshold=0.7")  # fmt: skip
     assert result.steps == 30 and result.metrics["accuracy"] >= 0.8
     assert "confident" in (result.run_dir / "metrics.jsonl").read_text()
+
+
+def test_noisy_student_rounds_each_student_teaching_the_next(tmp_path, tiny_images, tiny_simclr, monkeypatch):
+    seen = []
+    original = distill_module.concat_encoded
+    monkeypatch.setattr(distill_module, "concat_encoded", lambda a, b: seen.append(b.labels.copy()) or original(a, b))
+    one = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=one", "readout=distill", "distill_steps=20")
+    two = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=two", "readout=distill", "distill_steps=20",
+                   "distill_rounds=2", "distill_noise=true")  # fmt: skip
+    assert (two.run_dir / "student-2" / "metrics.jsonl").is_file() and two.flops > one.flops
+    first, _, second = seen  # run one's pool, then run two's: the teacher's labels, then student 1's
+    assert np.allclose(first, seen[1]) and not np.allclose(seen[1], second)  # same teacher, then a new one
+    assert np.allclose(second.sum(1), 1.0)  # student 1's class probabilities label the pool for student 2

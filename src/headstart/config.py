@@ -323,6 +323,8 @@ class FinetuneConfig:
     # on the budget plus unlabelled training examples labelled by the teacher's class probabilities
     # (classification tasks; their own labels are never read).
     distill_steps: int = 800
+    distill_rounds: int = 1  # readout=distill: > 1 makes each student the next round's teacher (noisy student)
+    distill_noise: bool = False  # readout=distill: the student learns from strongly noised inputs (noisy student)
     # The teacher: the fine-tuned model, or label propagation on the init's frozen features.
     distill_teacher: Literal["finetuned", "propagate"] = "finetuned"
     consistency_threshold: float = 0.9  # readout=consistency: confidence a weak view's prediction needs to teach
@@ -346,6 +348,7 @@ class FinetuneConfig:
             *_in_range("val_fraction", self.val_fraction, 0.0, 1.0),
             *_in_range("layer_decay", self.layer_decay, 0.0, 1.0, high_ok=True),
             *_at_least("distill_steps", self.distill_steps, 1),
+            *_at_least("distill_rounds", self.distill_rounds, 1),
             *_at_least("unlabelled", self.unlabelled, 0),
             *_in_range("consistency_threshold", self.consistency_threshold, 0.0, 1.0, low_ok=True, high_ok=True),
             *_at_least("consistency_weight", self.consistency_weight, 0),

@@ -82,3 +82,20 @@ class Consistency(Objective):
         view = batch["strong"]
         strong = int(view["mask"].sum()) if "mask" in view else len(view["input"])
         return self.supervised.tokens(batch["labelled"]) + strong + strong // 3
+
+
+class NoisedInputs(Objective):
+    """The task's loss on a noised view of each input (``strong``): a noisy student's training."""
+
+    def __init__(self, supervised: Objective, strong: View) -> None:
+        self.supervised, self.strong = supervised, strong
+        self.name, self.unit = f"{supervised.name}+noise", supervised.unit
+
+    def make_batch(self, raw: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {**self.supervised.make_batch(raw, generator), **self.strong(raw, generator)}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.supervised.loss(model, batch)
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.supervised.tokens(batch)

@@ -89,6 +89,11 @@ def test_prepare_pretrain_evaluate_generate_end_to_end(tmp_path):
     result = headstart("generate", str(tmp_path / "r"), "--prompt", "the", "--max-new-tokens", "5")
     assert result.returncode == 0 and result.stdout.startswith("the")
     assert_one_line_error(headstart("fill-mask", str(tmp_path / "r"), "--text", "a <mask>"), "decoder")
+    assert_one_line_error(
+        headstart("fill-mask", str(tmp_path / "r"), "--text", "a <mask>", "--top-k", "0"), "at least 1"
+    )
+    refused = headstart("generate", str(tmp_path / "r"), "--max-new-tokens", "-3", "--top-p", "0")
+    assert_one_line_error(refused, "--max-new-tokens -3: expected at least 1; --top-p 0.0: expected 0 < p ≤ 1")
     assert_one_line_error(headstart("evaluate", str(tmp_path / "r"), "--seq-len", "64"), "context of 32")
 
 

@@ -110,6 +110,14 @@ def generate(
     seed: int = 0,
 ) -> str:
     """Continue ``prompt`` with a causal checkpoint; returns only the new text."""
+    problems = [
+        *([] if max_new_tokens >= 1 else [f"--max-new-tokens {max_new_tokens}: expected at least 1"]),
+        *([] if temperature >= 0 else [f"--temperature {temperature}: expected 0 (greedy) or more"]),
+        *([] if top_k >= 0 else [f"--top-k {top_k}: expected 0 (off) or more"]),
+        *([] if 0 < top_p <= 1 else [f"--top-p {top_p}: expected 0 < p ≤ 1"]),
+    ]
+    if problems:
+        raise HeadstartError("; ".join(problems))
     model, _, folder = load_pretrained(checkpoint)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     info = tokenizer_info(tokenizer)
@@ -122,6 +130,8 @@ def generate(
 
 def fill_mask(checkpoint: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """Top predictions (token text, probability) for each ``<mask>`` in ``text``."""
+    if top_k < 1:
+        raise HeadstartError(f"--top-k {top_k}: expected at least 1 prediction per <mask>")
     model, _, folder = load_pretrained(checkpoint)
     if isinstance(model, ElectraPair):  # ELECTRA's generator is its masked LM
         model = model.generator

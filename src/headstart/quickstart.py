@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import statistics
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from headstart.generate import sample
 from headstart.plots import loss_curve
 from headstart.train.checkpoint import load_pretrained
 from headstart.transfer.efficiency import label_efficiency
-from headstart.transfer.report import grouped, mean_and_interval
+from headstart.transfer.report import grouped, mean_and_interval, mean_curve
 from headstart.transfer.results import read_results
 from headstart.transfer.study import run_study
 from headstart.workflows.pretrain import pretrain, steps_for_minutes
@@ -171,9 +170,7 @@ def head_start_sentence(records: list[dict]) -> str:
     stats = {init: mean_and_interval([100 * c["value"] for c in table[init][smallest]]) for init in table}
     (mean, half), rivals = stats["pretrained"], {k: v for k, v in stats.items() if k != "pretrained"}
     apart = all(mean - half > m + h for m, h in rivals.values())
-    budgets = sorted(table["scratch"])
-    curve = [statistics.fmean(c["value"] for c in table["scratch"][b]) for b in budgets]
-    efficiency = label_efficiency(smallest, mean / 100, budgets, curve)
+    efficiency = label_efficiency(smallest, mean / 100, *mean_curve(table["scratch"]))
     return (
         f"With {smallest} labels the pretrained model reads {mean:.1f}% ± {half:.1f}, against "
         + " and ".join(f"{m:.1f}% ± {h:.1f} for {init}" for init, (m, h) in rivals.items())

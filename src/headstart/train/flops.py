@@ -14,6 +14,7 @@ carry. torch's FLOP counter counts the matmuls and the convolution, not the scan
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -71,6 +72,7 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+@functools.cache
 def _device_name(device: torch.device) -> str:
     """The accelerator's or the CPU's model name: machines of one architecture differ in peak."""
     if device.type == "cuda":

@@ -149,8 +149,7 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
             lines += [*metric_rows(table, budgets, other), ""]
 
     if scratch and scratch in table:
-        scratch_budgets = sorted(table[scratch])
-        scratch_means = [statistics.fmean(c["value"] for c in table[scratch][b]) for b in scratch_budgets]
+        scratch_budgets, scratch_means = mean_curve(table[scratch])
         lines += ["## Label efficiency", "",
                   "Labels a baseline needs to match each init, read off the baseline's curve (linear in log-labels); "
                   "≥ when the baseline never gets there within the budgets measured.", "",
@@ -191,10 +190,16 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
     return write_markdown(run_dir / "report.md", lines)
 
 
+def mean_curve(by_budget: dict[int, list[dict[str, Any]]]) -> tuple[list[int], list[float]]:
+    """An init's budgets, ascending, and its mean value over seeds at each: the curve label
+    efficiency is read off."""
+    budgets = sorted(by_budget)
+    return budgets, [statistics.fmean(c["value"] for c in by_budget[b]) for b in budgets]
+
+
 def efficiency_rows(table: dict[str, dict[int, list[dict[str, Any]]]], budgets: list[int], baseline: str) -> list[str]:
     """Per init and budget: how many labels ``baseline`` needs to match the init's mean, as a multiple."""
-    baseline_budgets = sorted(table[baseline])
-    baseline_means = [statistics.fmean(c["value"] for c in table[baseline][b]) for b in baseline_budgets]
+    baseline_budgets, baseline_means = mean_curve(table[baseline])
     rows = []
     for init, by_budget in table.items():
         if init == baseline:

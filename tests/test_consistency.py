@@ -62,15 +62,35 @@ def test_cutout_greys_one_square_per_image():
     assert ((out == 0.5).sum(dim=(1, 2, 3)) == 16).all()
 
 
-def test_consistency_fine_tunes_without_reading_the_unlabelled_labels(tiny_encoder, tmp_path, write_task, monkeypatch):
+def test_consistency_fine_tunes_and_logs_its_unlabelled_loss(tiny_encoder, tmp_path, write_task):
     train, dev = write_task(tmp_path / "train.jsonl", 200, 0), write_task(tmp_path / "dev.jsonl", 60, 1)
     settings = [f"task.train={train}", f"task.eval={dev}", "task.max_len=16", f"init={tiny_encoder}", "budget=40",
                 "train.steps=40", "train.eval_every=20", "train.precision=fp32", "optim.lr=3e-3",
                 "readout=consistency", "consistency_threshold=0.6", f"run.out_dir={tmp_path}"]  # fmt: skip
-    honest = api.finetune("sst2", [*settings, "run.name=honest"], quiet=True)
-    assert honest.steps == 40 and 0.0 <= honest.metrics["accuracy"] <= 1.0
-    records = (honest.run_dir / "metrics.jsonl").read_text()
+    result = api.finetune("sst2", settings, quiet=True)
+    assert result.steps == 40 and 0.0 <= result.metrics["accuracy"] <= 1.0
+    records = (result.run_dir / "metrics.jsonl").read_text()
     assert "confident" in records and "unlabelled_loss" in records
+
+
+@pytest.mark.parametrize(
+    "readout",
+    [
+        ["readout=consistency", "consistency_threshold=0.6"],
+        ["readout=distill", "distill_steps=20"],
+        ["readout=propagate"],
+    ],
+    ids=["consistency", "distill", "propagate"],
+)
+def test_readouts_of_the_unlabelled_pool_never_read_its_labels(
+    readout, tiny_encoder, tmp_path, write_task, monkeypatch
+):
+    """The same cell with the pool's labels replaced by nonsense ends with the same scores."""
+    train, dev = write_task(tmp_path / "train.jsonl", 200, 0), write_task(tmp_path / "dev.jsonl", 60, 1)
+    settings = [f"task.train={train}", f"task.eval={dev}", "task.max_len=16", f"init={tiny_encoder}", "budget=40",
+                "train.steps=20", "train.eval_every=10", "train.precision=fp32", "optim.lr=3e-3",
+                "unlabelled=80", f"run.out_dir={tmp_path}", *readout]  # fmt: skip
+    honest = api.finetune("sst2", [*settings, "run.name=honest"], quiet=True)
     original = Finetuning.unlabelled_set
 
     def scrambled(self):

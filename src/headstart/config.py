@@ -312,7 +312,9 @@ class FinetuneConfig:
     # early stopping on the held-out part of the budget); logistic (a probe on frozen pooled features);
     # knn (weighted kNN of the budget's frozen features); propagate (the budget's labels spread over a kNN
     # graph of the budget and the unlabelled training examples, then read by kNN); distill (self-training);
-    # consistency (fine-tuning plus FixMatch / UDA consistency training on the unlabelled examples)
+    # consistency (fine-tuning plus FixMatch / UDA consistency training on the unlabelled examples);
+    # prompt (fine-tuning the LM head's label-word scores in a cloze pattern); setfit (contrastive
+    # fine-tuning on pairs from the budget, then a logistic head)
     readout: str = "finetune"
     head_init: Literal["random", "probe"] = "random"  # probe: start the head from the fitted probe (LP-FT)
     layer_decay: float = 1.0  # layer-wise learning-rate decay: layer l gets lr·decay^(depth − l)
@@ -331,6 +333,15 @@ class FinetuneConfig:
     consistency_weight: float = 1.0  # readout=consistency: weight of the unlabelled loss against the budget's
     unlabelled_ratio: int = 3  # readout=consistency: unlabelled examples per labelled one in each batch
     consistency_noise: float = 0.2  # readout=consistency, text: share of tokens masked or replaced in the strong view
+    # readout=prompt (PET / LM-BFF): each text becomes this cloze pattern, and the class scores are the
+    # pretrained LM head's scores of one label word per class where the pattern ends (the next token for
+    # a decoder, an appended mask token for an encoder)
+    prompt_pattern: str = "{text} It was"
+    # readout=prompt: one word per class, in the order of the task's labels as sorted; empty: the labels
+    # themselves (when they are words). Each must be one token of the checkpoint's tokenizer.
+    label_words: list[str] = field(default_factory=list)
+    # readout=setfit (SetFit): contrastive pairs per budget example (one same-class, one other-class each)
+    setfit_pairs: int = 20
     # Unlabelled training examples that self-training, consistency training and label propagation read
     # (drawn per seed);
     # 0: every training example outside the budget.
@@ -354,6 +365,12 @@ class FinetuneConfig:
             *_at_least("consistency_weight", self.consistency_weight, 0),
             *_at_least("unlabelled_ratio", self.unlabelled_ratio, 1),
             *_in_range("consistency_noise", self.consistency_noise, 0.0, 1.0, low_ok=True),
+            *_at_least("setfit_pairs", self.setfit_pairs, 1),
+            *(
+                []
+                if self.prompt_pattern.count("{text}") == 1
+                else [f"prompt_pattern={self.prompt_pattern!r}: expected the placeholder {{text}} exactly once"]
+            ),
             *_at_least("min_epochs", self.min_epochs, 0),
         ]
 
@@ -427,14 +444,23 @@ def load_yaml(path_or_recipe: str) -> dict[str, Any]:
     return data
 
 
+def scalar(raw: str) -> Any:
+    """An override's value read as YAML, or as the plain text when it is not YAML (a pattern
+    like ``{text} It was``)."""
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["model.n_layer=6", "train.compile=true"]`` into a nested dict (values parsed as YAML scalars)."""
+    """Turn ``["model.n_layer=6", "train.compile=true"]`` into a nested dict (values read by ``scalar``)."""
     nested: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise HeadstartError(f"override {item!r}: expected section.field=value")
-        value = yaml.safe_load(raw) if raw else ""
+        value = scalar(raw)
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:

@@ -363,9 +363,13 @@ class Mamba(nn.Module):
         states[-1] = self.norm(states[-1])
         return states
 
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The (vocab, n_embd) rows that score each token: the embedding when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return F.linear(hidden, self.output_weight)
 
     def num_params(self, embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

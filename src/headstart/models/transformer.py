@@ -231,9 +231,13 @@ class Transformer(nn.Module):
                 mask = mask & torch.ones(length, length, dtype=torch.bool, device=idx.device).tril()
         return run_blocks(self.blocks, self.norm, self.drop(self.embed(idx)), rotation, mask)
 
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The (vocab, n_embd) rows that score each token: the embedding when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return F.linear(hidden, self.output_weight)
 
     def num_params(self, embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

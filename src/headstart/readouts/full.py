@@ -47,11 +47,13 @@ def layer_scale(depth: int, decay: float) -> Callable[[str], float]:
     return scale
 
 
-def probe_head(ft: Finetuning) -> float:
-    """Replace the model's head by a logistic probe fitted on frozen features of the budget; returns its FLOPs."""
-    (x, y), (vx, vy) = ft.task.features(ft.model, ft.fit_set), ft.task.features(ft.model, ft.held_set)
-    probe = fit_logistic(x, y, vx, vy, ft.model.head.out_features)
-    ft.model.head = probe.as_linear().to(next(ft.model.parameters()).device)
+def probe_head(ft: Finetuning, model: nn.Module | None = None) -> float:
+    """Replace the head of ``model`` (the cell's, by default) by a logistic probe fitted on frozen
+    features of the budget; returns its FLOPs."""
+    model = ft.model if model is None else model
+    (x, y), (vx, vy) = ft.task.features(model, ft.fit_set), ft.task.features(model, ft.held_set)
+    probe = fit_logistic(x, y, vx, vy, model.head.out_features)
+    model.head = probe.as_linear().to(next(model.parameters()).device)
     return ft.features_flops(ft.fit_set, ft.held_set)
 
 
@@ -63,18 +65,24 @@ def fit_with_early_stopping(
     name: str = "",
     objective: Objective | None = None,
     source: SampleSource | None = None,
+    probe_each_eval: bool = False,
 ) -> tuple[LoopResult, dict[str, Any]]:
     """Train ``model`` on ``train_set`` through the one loop, scoring the held-out split at every
     evaluation; returns the loop's result and the best evaluation (score, weights, step: the
     earliest that reached it). ``name``: a sub-directory of the run for this fit; ``objective``
-    and ``source``: in place of the task's loss and ``train_set``'s batches."""
+    and ``source``: in place of the task's loss and ``train_set``'s batches; ``probe_each_eval``:
+    each evaluation first refits the head as a logistic probe (for losses that never train it).
+    The result's FLOPs include those probes'."""
     task = ft.task
     best: dict[str, Any] = {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "step": 0}
     every, steps = config.train.eval_every, config.train.steps
     step_of_eval = iter([*range(every, steps, every), steps] if every else [steps])  # when the loop evaluates
+    probe_flops = [0.0]
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         step = next(step_of_eval, steps)
+        if probe_each_eval:
+            probe_flops[0] += probe_head(ft, model)
         scores = task.score(model, ft.held_set)
         if scores[task.metric] > float(best["score"]):
             best.update(score=scores[task.metric], state=copy.deepcopy(model.state_dict()), step=step)
@@ -89,7 +97,7 @@ def fit_with_early_stopping(
     result = train_loop(job, Outputs(run_dir, to_dict(config), evaluate, console=ft.console, quiet=ft.quiet))
     if result.interrupted:  # a fine-tune is short: nothing half-trained is reported, a rerun starts over
         raise Interrupted(f"fine-tune {run_dir} interrupted at step {result.step}; rerun it to start over")
-    return result, best
+    return replace(result, flops=result.flops + probe_flops[0]), best
 
 
 def finetuned(

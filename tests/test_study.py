@@ -90,6 +90,8 @@ def other_tokenizer(checkpoint, tmp_path):
     import hashlib
     import shutil
 
+    from headstart.train.checkpoint import manifest_digest
+
     copy = tmp_path / "other-tokenizer"
     shutil.copytree(checkpoint, copy)
     tokenizer = json.loads((copy / "tokenizer.json").read_text())
@@ -97,6 +99,7 @@ def other_tokenizer(checkpoint, tmp_path):
     (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["sha256"]["tokenizer.json"] = hashlib.sha256((copy / "tokenizer.json").read_bytes()).hexdigest()
+    manifest["self"] = manifest_digest(manifest["sha256"])
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 

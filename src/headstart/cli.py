@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -462,11 +463,36 @@ VERBS: dict[str, Verb] = {
 }
 
 
+OS_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path and the cause (what was written stays as
+    it was: every output is written to a temporary sibling first)."""
+    cause = OS_CAUSES.get(exc.errno or 0, exc.strerror or exc.__class__.__name__)
+    where = exc.filename if exc.filename is not None else "a file"
+    return (
+        f"cannot write {where}: {cause}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+        else f"{where}: {cause}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(argv)
     except HeadstartError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        code = 1
+    except OSError as exc:  # a full, read-only or forbidden disk: the path and the cause, no traceback
+        Console(stderr=True).print(f"[bold red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
         code = 1
     except KeyboardInterrupt as stop:
         Console(stderr=True).print(str(stop) or "interrupted", highlight=False, soft_wrap=True)

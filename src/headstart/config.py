@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from headstart.errors import HeadstartError
+from headstart.files import write_text_atomic
 
 T = TypeVar("T")
 
@@ -182,14 +183,21 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     # several processes (torchrun): ddp replicates the model, fsdp shards it (FSDP2); auto: ddp under torchrun
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    # A step whose loss or gradient is NaN or inf is skipped (no update) and counted; this many in a row
+    # stop the run with a message instead.
+    max_bad_steps: int = 8
+    # > 0: a step whose loss exceeds this many times the median of the last 32 taken steps' losses is
+    # skipped as a spike too (0: off; fine-tuning losses near zero vary by orders of magnitude)
+    spike_factor: float = 0.0
 
     def problems(self) -> list[str]:
-        positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every")
+        positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "max_bad_steps")
         return [
             *(problem for name in positive for problem in _at_least(f"train.{name}", getattr(self, name), 1)),
             *(problem for name in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "threads")
               for problem in _at_least(f"train.{name}", getattr(self, name), 0)),
             *_at_least("train.max_minutes", self.max_minutes, 0),
+            *_at_least("train.spike_factor", self.spike_factor, 0),
         ]  # fmt: skip
 
 
@@ -552,7 +560,7 @@ def _in_range(
 
 
 def save_yaml(config: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _suggest(word: str, choices: list[str], prefix: str = "") -> str:

@@ -32,12 +32,22 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
         if directory and path.exists():
             shutil.rmtree(path)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise named(exc, path) from None
         raise
+
+
+def named(error: OSError, path: Path) -> OSError:
+    """``error`` naming ``path`` when it names no file (a write that fails on flush, e.g. a full
+    disk), so the one-line message says what could not be written."""
+    if error.filename is not None:
+        return error
+    return OSError(error.errno, error.strerror or str(error), str(path))
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

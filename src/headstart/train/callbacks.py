@@ -1,5 +1,5 @@
 """What the loop does around its steps, one object per concern: log the training window,
-evaluate, checkpoint, and decide when to stop. The loop calls them; they never call it."""
+guard against diverged steps, evaluate, checkpoint, and decide when to stop. The loop calls them; they never call it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import signal
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -36,7 +37,6 @@ class StepLog:
     peak: float  # FLOP/s of all ranks together: MFU's divisor
     total_steps: int
     every: int
-    lr_hint: float  # the configured lr, named when the loss diverges
     start: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     tokens: int = 0
@@ -49,28 +49,27 @@ class StepLog:
             self.extra.setdefault(key, []).append(value)
         self.tokens += tokens
 
-    def after_step(self, state: TrainState, lr: float, grad_norm: torch.Tensor) -> None:
+    def after_step(self, state: TrainState, lr: float, grad_norm: torch.Tensor, skipped: int = 0) -> None:
+        """Write the window's record when a log step is due; ``skipped``: steps the guard has
+        skipped so far (recorded once there are any)."""
         if state.step % self.every and state.step != self.total_steps:
             return
         now = time.perf_counter()
-        loss = self.parallel.mean(torch.stack(self.losses).float().mean()).item()
-        if not math.isfinite(loss):
-            raise HeadstartError(
-                f"training diverged at step {state.step} (loss {loss}); "
-                f"lower optim.lr (now {self.lr_hint:g}) or raise schedule.warmup_steps"
-            )
+        taken = bool(self.parallel.any_rank(bool(self.losses))[0])  # a window of skipped steps only has no loss
+        loss = self.parallel.mean(torch.stack(self.losses).float().mean()).item() if taken else None
         tokens_per_s = self.tokens / max(now - self.start, 1e-9)
         record = {
             "step": state.step,
             "loss": loss,
             "lr": lr,
-            "grad_norm": float(self.parallel.whole(grad_norm)),
+            "grad_norm": norm if math.isfinite(norm := float(self.parallel.whole(grad_norm))) else None,
             "tokens_per_s": tokens_per_s,
             "mfu": tokens_per_s * self.flops_per_unit / self.peak,
             "tokens": state.tokens_seen,
             "elapsed_s": state.elapsed_s,
             "eta_s": (self.total_steps - state.step) * (now - self.start) / max(1, state.step - self.start_step),
             **{k: self.parallel.mean(torch.stack(v).float().mean()).item() for k, v in self.extra.items()},
+            **({"skipped_steps": skipped} if skipped else {}),
         }
         if self.metrics is not None:
             self.metrics.write(record)
@@ -80,9 +79,67 @@ class StepLog:
     def restart(self, step: int) -> None:
         self.start, self.start_step, self.tokens, self.losses, self.extra = time.perf_counter(), step, 0, [], {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The window's losses so far: a resumed run's first record averages the same steps as an
+        uninterrupted run's (its throughput counts only what this process has timed)."""
+        return {"losses": [x.detach().cpu() for x in self.losses],
+                "extra": {k: [x.detach().cpu() for x in v] for k, v in self.extra.items()}}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.parallel.device
+        self.losses = [x.to(device) for x in state.get("losses", [])]
+        self.extra = {k: [x.to(device) for x in v] for k, v in state.get("extra", {}).items()}
+
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (an evaluation) out of the window's time: it is not training throughput."""
         self.start += seconds
+
+
+@dataclass
+class StepGuard:
+    """Whether a step's update is taken: not when its loss or gradient norm is NaN or inf, nor
+    (``spike_factor`` > 0) when its loss exceeds that many times the median of the last 32 taken
+    steps. Skipped steps are counted; ``max_bad`` in a row stop the run before anything diverged is
+    written. Its counters and recent losses go into every checkpoint, so a resumed run decides
+    exactly as an uninterrupted one."""
+
+    parallel: Parallel
+    max_bad: int
+    spike_factor: float
+    lr_hint: float  # the configured lr, named when the run stops
+    skipped: int = 0
+    in_a_row: int = 0
+    recent: list[float] = field(default_factory=list)
+
+    def take(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether step ``step`` (its summed micro-batch ``loss`` on this rank) updates the weights."""
+        bad_here = not bool(torch.isfinite(loss).all() and torch.isfinite(self.parallel.whole(grad_norm)))
+        bad = self.parallel.any_rank(bad_here)[0]
+        value = float("nan")
+        if not bad and self.spike_factor > 0:
+            value = self.parallel.mean(loss.detach().float()).item()
+            bad = len(self.recent) >= 8 and value > self.spike_factor * statistics.median(self.recent)
+        if not bad:
+            self.in_a_row = 0
+            if self.spike_factor > 0:
+                self.recent = [*self.recent, value][-32:]
+            return True
+        self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
+        if self.in_a_row >= self.max_bad:
+            what = "a NaN or inf loss or gradient" if bad_here or math.isnan(value) else "a loss spike"
+            raise HeadstartError(
+                f"training diverged at step {step + 1}: {self.in_a_row} steps in a row had {what} (each skipped, "
+                f"{self.skipped} in all); lower optim.lr (now {self.lr_hint:g}) or raise schedule.warmup_steps, "
+                "and resume from the last checkpoint (nothing diverged was written)"
+            )
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row, "recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped, self.in_a_row = state.get("skipped", 0), state.get("in_a_row", 0)
+        self.recent = list(state.get("recent", []))
 
 
 @dataclass
@@ -124,9 +181,11 @@ class Checkpointing:
     precision: torch.dtype
     metrics: MetricsFile | None
     write_extras: Callable[[Path], None] | None = None
+    #: loop parts with a state of their own (the log window, the step guard), saved under their names
+    components: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, state: TrainState) -> Path:
-        saved = state.state_dict()
+        saved = {**state.state_dict(), **{name: part.state_dict() for name, part in self.components.items()}}
         compute = {
             "flops": state.flops,
             "flops_per_token": self.flops_per_unit,
@@ -187,12 +246,13 @@ class Stopping:
 
 @dataclass
 class Callbacks:
-    """The four things the loop does besides stepping."""
+    """The five things the loop does besides stepping."""
 
     log: StepLog
     evaluate: Evaluation
     checkpoint: Checkpointing
     stop: Stopping
+    guard: StepGuard
 
     def due(self, train: TrainConfig, step: int) -> tuple[bool, bool]:
         """Whether an evaluation and a checkpoint fall after ``step`` (the last step has both anyway)."""

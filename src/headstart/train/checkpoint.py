@@ -17,12 +17,14 @@ verb reads the consolidated ``model.safetensors`` and never unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,12 @@ from torch import nn
 from headstart.config import PretrainConfig, build
 from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError
+from headstart.files import named
 from headstart.models import backbone_of
 from headstart.objectives.registry import build_model
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+TMP_PREFIX = ".tmp_step_"  # a checkpoint being written: .tmp_step_XXXXXXXX_PID
 REQUIRED = ("config.yaml", "model.safetensors", "manifest.json")
 
 
@@ -64,27 +68,35 @@ def write_checkpoint(
 ) -> Path:
     """Write ``root/step_XXXXXXXX`` atomically and prune all but the newest ``keep`` (0: keep all).
     ``weights``: the whole state dict gathered from a sharded ``model``, written in its place."""
+    refuse_non_finite(weights if weights is not None else model.state_dict(), f"step {step}")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{step:08d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        if weights is None:
-            save_model(model, str(tmp / "model.safetensors"))  # stores tied (shared) weights once
-        else:
-            save_gathered(weights, model, tmp / "model.safetensors")
-        torch.save(state, tmp / "state.pt")
+        with disk_errors_named(tmp / "model.safetensors"):
+            if weights is None:
+                save_model(model, str(tmp / "model.safetensors"))  # stores tied (shared) weights once
+            else:
+                save_gathered(weights, model, tmp / "model.safetensors")
+        buffer = io.BytesIO()  # serialised in memory, so a full disk is an OSError naming the file
+        torch.save(state, buffer)
+        (tmp / "state.pt").write_bytes(buffer.getvalue())
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         if write_extras is not None:
             write_extras(tmp)
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1), encoding="utf-8")
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"sha256": files, "self": manifest_digest(files)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         sync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
         sync_directory(root)  # the rename is durable before anything older goes
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise named(exc, final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -92,6 +104,44 @@ def write_checkpoint(
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def manifest_digest(files: dict[str, str]) -> str:
+    """The manifest's checksum of itself, so a damaged manifest is named as such."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def refuse_non_finite(weights: dict[str, torch.Tensor], where: str) -> None:
+    """A diverged run's weights are never written, and never loaded: name the first bad tensor."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise HeadstartError(
+                f"{where}: {name} holds NaN or inf (the run had diverged); lower optim.lr or raise "
+                "schedule.warmup_steps, and resume from an earlier checkpoint or start again"
+            )
+
+
+@contextlib.contextmanager
+def disk_errors_named(path: Path) -> Iterator[None]:
+    """safetensors reports a full or read-only disk as its own error: raise it as the OSError it is,
+    naming ``path``, so the CLI says it in one line."""
+    try:
+        yield
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from None
+
+
+def remove_stale_writes(root: Path) -> int:
+    """Remove the half-written checkpoint folders that killed runs left in ``root``; call it only
+    while holding the run's lock (no live writer then). Returns how many."""
+    stale = [p for p in root.glob(f"{TMP_PREFIX}*") if p.is_dir()] if root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
 
 
 def sync_directory(path: Path) -> None:
@@ -161,9 +211,15 @@ def verify(path: Path) -> None:
         if not (path / name).is_file():
             raise HeadstartError(f"checkpoint {path}: missing {name}; the checkpoint is incomplete")
     try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["sha256"]
-    except (ValueError, KeyError):
-        raise HeadstartError(f"checkpoint {path}: manifest.json is corrupted") from None
+        written = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        manifest = written["sha256"]
+        damaged = not isinstance(manifest, dict) or (
+            "self" in written and written["self"] != manifest_digest(manifest)
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        damaged = True
+    if damaged:
+        raise HeadstartError(f"checkpoint {path / 'manifest.json'}: damaged (it does not match its own checksum)")
     for name, digest in manifest.items():
         file = path / name
         if not file.is_file():
@@ -200,6 +256,7 @@ def load_weights(path: Path, model: nn.Module, strict: bool = True) -> None:
         raise HeadstartError(
             f"checkpoint {file}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    refuse_non_finite(model.state_dict(), f"checkpoint {file}")
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -10,22 +10,22 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from headstart.files import read_jsonl
+from headstart.files import write_text_atomic
 
 
 class MetricsFile:
-    """Append-only JSON lines. On resume, lines past the resumed step are dropped, so the
-    file of an interrupted-and-resumed run reads like that of an uninterrupted one; so is a
-    torn last line, which a run killed in the middle of a write leaves."""
+    """Append-only JSON lines. On resume the file becomes the copy the checkpoint holds (written
+    atomically): the records up to that checkpoint and nothing after, so the file of an
+    interrupted-and-resumed run reads like that of an uninterrupted one, torn last line included."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path, resume: Path | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
+        saved = resume / "metrics.jsonl" if resume is not None else None
+        if saved is not None and saved.is_file():
+            write_text_atomic(path, saved.read_text(encoding="utf-8"))
+        elif resume is None or not path.exists():
             path.write_text("", encoding="utf-8")
-        elif path.exists():
-            kept = [record for record in read_jsonl(path) if record.get("step", 0) <= resume_step]
-            path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
@@ -62,8 +62,9 @@ class ProgressDisplay:
             self.progress.start()
 
     def update(self, record: dict[str, Any], total: int) -> None:
+        loss = f"{record['loss']:.4f}" if record["loss"] is not None else "— (steps skipped)"
         stats = (
-            f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} {self.unit}/s  "
+            f"loss {loss}  {record['tokens_per_s']:,.0f} {self.unit}/s  "
             f"MFU {100 * record['mfu']:.1f}%  ETA {format_duration(record['eta_s'])}"
         )
         if self.progress is not None:

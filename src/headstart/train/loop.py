@@ -27,7 +27,7 @@ from headstart.config import OptimConfig, ScheduleConfig, TrainConfig
 from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
 from headstart.train import distributed
-from headstart.train.callbacks import Callbacks, Checkpointing, Evaluation, StepLog, Stopping
+from headstart.train.callbacks import Callbacks, Checkpointing, Evaluation, StepGuard, StepLog, Stopping
 from headstart.train.device import pick_device, pick_precision
 from headstart.train.distributed import Parallel
 from headstart.train.log import MetricsFile, ProgressDisplay
@@ -135,8 +135,8 @@ def train_loop(job: Job, outputs: Outputs, start: Start | None = None) -> LoopRe
                 callbacks.evaluate(state)
             while state.step < train.steps:
                 lr = set_learning_rate(state.optimizer, state.step, job.settings)
-                grad_norm = train_step(job, state, wrapped, parallel, autocast, callbacks.log)
-                callbacks.log.after_step(state, lr, grad_norm)
+                grad_norm = train_step(job, state, wrapped, parallel, autocast, callbacks)
+                callbacks.log.after_step(state, lr, grad_norm, callbacks.guard.skipped)
                 evaluate, checkpoint = callbacks.due(train, state.step)
                 if evaluate:
                     last_eval = callbacks.evaluate(state)
@@ -184,14 +184,19 @@ def build_callbacks(
     autocast: AbstractContextManager[Any],
 ) -> Callbacks:
     train = job.settings.train
-    resume_step = state.step if start.resume is not None else None
-    metrics = MetricsFile(outputs.run_dir / "metrics.jsonl", resume_step) if parallel.main else None  # rank 0 writes
+    metrics = MetricsFile(outputs.run_dir / "metrics.jsonl", start.resume) if parallel.main else None  # rank 0 writes
     quiet = outputs.quiet or not parallel.main
     progress = ProgressDisplay(outputs.console, train.steps, state.step, quiet=quiet, unit=job.objective.unit)
     log = StepLog(
         parallel, metrics, progress, job.flops_per_unit, parallel.peak_flops(dtype), train.steps, train.log_every,
-        job.settings.optim.lr, start_step=state.step,
+        start_step=state.step,
     )  # fmt: skip
+    guard = StepGuard(parallel, train.max_bad_steps, train.spike_factor, job.settings.optim.lr)
+    components = {"log_window": log, "guard": guard}
+    if start.resume is not None:
+        saved = ckpt.load_state(start.resume)
+        for name, part in components.items():
+            part.load_state_dict(saved.get(name, {}))
     root = outputs.run_dir / "checkpoints"
     return Callbacks(
         log=log,
@@ -205,8 +210,10 @@ def build_callbacks(
             dtype,
             metrics,
             outputs.write_extras,
+            components,
         ),
         stop=Stopping(parallel, train.max_minutes),
+        guard=guard,
     )
 
 
@@ -224,11 +231,13 @@ def train_step(
     wrapped: nn.Module,
     parallel: Parallel,
     autocast: AbstractContextManager[Any],
-    log: StepLog,
+    callbacks: Callbacks,
 ) -> torch.Tensor:
     """One optimizer step over ``grad_accum`` micro-batches of the global batch (this rank's rows
-    of each); returns the gradient norm before clipping."""
+    of each), unless the guard skips it; returns the gradient norm before clipping. A skipped step
+    still moves the data cursor and the schedule on, and its compute counts."""
     train, objective = job.settings.train, job.objective
+    logged = []
     for micro in range(train.grad_accum):
         raw = job.source.batch(state.samples_seen + micro * train.batch_size, train.batch_size)
         full = objective.make_batch(raw, step_generator(train.seed, state.step, micro))  # the global batch
@@ -243,12 +252,17 @@ def train_step(
                     loss, extra = wrapped(objective.loss, batch)
                 (loss * weight / train.grad_accum).backward()
         tokens = objective.tokens(full)  # all ranks'
-        log.add(loss.detach() * weight, extra, tokens)
+        logged.append((loss.detach() * weight, extra, tokens))
         state.tokens_seen += tokens
         state.flops += job.flops_per_unit * tokens
     clip = job.settings.optim.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip if clip > 0 else math.inf)
-    state.optimizer.step()
+    if callbacks.guard.take(state.step, torch.stack([loss for loss, _, _ in logged]).sum(), grad_norm):
+        state.optimizer.step()
+        for loss, extra, tokens in logged:
+            callbacks.log.add(loss, extra, tokens)
+    else:
+        callbacks.log.tokens += sum(tokens for _, _, tokens in logged)
     state.optimizer.zero_grad(set_to_none=True)
     state.samples_seen += train.batch_size * train.grad_accum
     state.step += 1

@@ -45,33 +45,35 @@ def pretrain(
     if opened is not None:
         config = data.adopt(config, opened)
     config = data.resolve(config)
-    run_dir, resume_from = open_run(config, resume, console)
-    model, objective = build_model(config), build_objective(config, data.tokenizer)
-    console.print(data.describe(config, model), highlight=False)
-    prior = (0.0, 0.0)
-    if opened is not None:
-        console.print(f"continuing {opened.folder}: its {load_continued(model, opened.model)}", highlight=False)
-    elif resume_from is None:
-        *prior, note = data.warm_start(model, config)
-        if note:
-            console.print(note, highlight=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, run_dir / "config.yaml")
-    lineage = lineage_of(opened.folder) if opened is not None else []
+    with open_run(config, resume, console) as (run_dir, resume_from):
+        model, objective = build_model(config), build_objective(config, data.tokenizer)
+        console.print(data.describe(config, model), highlight=False)
+        prior = (0.0, 0.0)
+        if opened is not None:
+            console.print(f"continuing {opened.folder}: its {load_continued(model, opened.model)}", highlight=False)
+        elif resume_from is None:
+            *prior, note = data.warm_start(model, config)
+            if note:
+                console.print(note, highlight=False)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, run_dir / "config.yaml")
+        lineage = lineage_of(opened.folder) if opened is not None else []
 
-    def write_extras(folder: Path) -> None:
-        data.write_extras(folder)
-        if lineage:
-            write_lineage(lineage, folder)
+        def write_extras(folder: Path) -> None:
+            data.write_extras(folder)
+            if lineage:
+                write_lineage(lineage, folder)
 
-    job = Job(model, objective, data.source(config), config, data.flops_per_unit(config, model, objective))
-    outputs = Outputs(run_dir, to_dict(config), data.evaluator(config, objective, opened), write_extras, console, quiet)
-    carried = carried_optimizer(opened.folder, config.init_optimizer) if opened is not None else None
-    result = train_loop(job, outputs, Start(resume_from, *prior, carried, eval_at_start=opened is not None))
-    if opened is not None and (change := forgetting(run_dir / "metrics.jsonl")):
-        where = opened.config.data.shards or opened.config.data.images
-        console.print(f"forgetting: validation loss on {where} {change[0]:.4f} → {change[1]:.4f}", highlight=False)
-    return result
+        job = Job(model, objective, data.source(config), config, data.flops_per_unit(config, model, objective))
+        outputs = Outputs(
+            run_dir, to_dict(config), data.evaluator(config, objective, opened), write_extras, console, quiet
+        )
+        carried = carried_optimizer(opened.folder, config.init_optimizer) if opened is not None else None
+        result = train_loop(job, outputs, Start(resume_from, *prior, carried, eval_at_start=opened is not None))
+        if opened is not None and (change := forgetting(run_dir / "metrics.jsonl")):
+            where = opened.config.data.shards or opened.config.data.images
+            console.print(f"forgetting: validation loss on {where} {change[0]:.4f} → {change[1]:.4f}", highlight=False)
+        return result
 
 
 def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:

@@ -150,26 +150,53 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_last_checkpoint(t
     ckpt.verify(folders[-1])  # the newest whole checkpoint is intact
 
 
-def test_a_read_only_checkpoint_folder_fails_before_the_first_step(tiny_shards, tmp_path, capsys):
-    checkpoints = tmp_path / "ro" / "checkpoints"
-    checkpoints.mkdir(parents=True)
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An empty folder nobody may write in: a read-only mount for root, a mode for anyone else."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
     if os.geteuid() == 0:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(checkpoints)],
-                              capture_output=True)  # fmt: skip
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
         if done.returncode != 0:
             pytest.skip("a read-only folder for root needs a read-only mount")
     else:
-        checkpoints.chmod(0o555)
-    try:
-        code, lines = run_cli(["pretrain", "gpt-tiny", *overrides(tiny_shards, tmp_path, "ro", "train.steps=5"),
-                               "--quiet"], capsys)  # fmt: skip
-    finally:
-        subprocess.run(["umount", "-l", str(checkpoints)], capture_output=True)
-        checkpoints.chmod(0o755)
+        folder.chmod(0o555)
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    folder.chmod(0o755)
+
+
+def test_a_read_only_checkpoint_folder_fails_before_the_first_step(tiny_shards, read_only_dir, capsys):
+    checkpoints = read_only_dir.parent / "ro" / "checkpoints"
+    checkpoints.parent.mkdir()
+    checkpoints.symlink_to(read_only_dir)
+    argv = ["pretrain", "gpt-tiny", *overrides(tiny_shards, read_only_dir.parent, "ro", "train.steps=5"), "--quiet"]
+    code, lines = run_cli(argv, capsys)
     errors = [line for line in lines if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and str(checkpoints) in errors[0]
     assert "read-only" in errors[0] or "permission denied" in errors[0]
-    assert not (tmp_path / "ro" / "metrics.jsonl").exists()  # not one step was trained
+    assert not (checkpoints.parent / "metrics.jsonl").exists()  # not one step was trained
+
+
+@pytest.mark.parametrize("verb", ["prepare", "embed", "mismatch", "export", "import-hf", "plan"])
+def test_every_writing_verb_says_a_read_only_output_in_one_line(verb, tiny_decoder, read_only_dir, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\nthe dog ran far away\n" * 30)
+    out = read_only_dir / "out"
+    argv = {
+        "prepare": ["prepare", str(corpus), "--out", str(out), "--vocab-size", "300", "--workers", "1"],
+        "embed": ["embed", str(tiny_decoder), str(corpus), "--out", str(out / "e.npy")],
+        "mismatch": ["mismatch", str(corpus), str(corpus), "--out", str(out / "m.md")],
+        "export": ["export", str(tiny_decoder), "--to", "hf", "--out", str(out)],
+        "import-hf": ["import-hf", str(tmp_path / "hf"), "--out", str(out)],
+        "plan": ["plan", "--params", "1M", "--calibration-steps", "2", "--out", str(out / "plan.md")],
+    }[verb]
+    if verb == "import-hf":
+        assert run_cli(["export", str(tiny_decoder), "--to", "hf", "--out", str(tmp_path / "hf")], capsys)[0] == 0
+    code, lines = run_cli(argv, capsys)
+    errors = [line for line in lines if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and not any("Traceback" in line for line in lines), lines
+    assert str(read_only_dir) in errors[0] and ("read-only" in errors[0] or "permission denied" in errors[0])
 
 
 def newest_step(checkpoints: Path) -> int:

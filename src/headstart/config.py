@@ -418,6 +418,13 @@ class StudyConfig:
     target: float = 0.0  # metric for steps-to-target; 0: what scratch reaches with the largest budget
     run: RunConfig = field(default_factory=lambda: RunConfig(name="study"))
 
+    def problems(self) -> list[str]:
+        return [
+            *(f"budgets: {budget} is negative; expected a label count (0: all labels)"
+              for budget in self.budgets if budget < 0),
+            *_at_least("seeds", self.seeds, 1),
+        ]  # fmt: skip
+
 
 # ----------------------------------------------------------------------------- recipes
 

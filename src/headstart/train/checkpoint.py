@@ -213,9 +213,7 @@ def verify(path: Path) -> None:
     try:
         written = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         manifest = written["sha256"]
-        damaged = not isinstance(manifest, dict) or (
-            "self" in written and written["self"] != manifest_digest(manifest)
-        )
+        damaged = not isinstance(manifest, dict) or ("self" in written and written["self"] != manifest_digest(manifest))
     except (ValueError, KeyError, TypeError, AttributeError):
         damaged = True
     if damaged:

@@ -57,9 +57,9 @@ def forward_flops_per_unit(backbone: nn.Module, max_len: int, example: torch.Ten
 
 def prepare_cell(config: FinetuneConfig, console: Console, quiet: bool) -> Finetuning:
     """Read the task, draw the budget and its validation split, build the model, clear the run directory."""
+    readout_entry(config.readout, config.task.kind)
     backbone, tokenizer = load_backbone(config)
     task = make_task(config.task, tokenizer)
-    readout_entry(config.readout, config.task.kind)
     task.read()
     chosen = stratified_budget(task.strata, config.budget, config.train.seed)
     fit, held = split_validation(task.strata, chosen, config.val_fraction, config.train.seed, config.val_max)

@@ -196,3 +196,24 @@ def test_report_gives_both_label_efficiencies(tmp_path):
     # the metric, one row per label efficiency, then the compute and choice tables
     assert rows[1] == "| semi | 2.2× | ≥ 1.0× |"  # scratch reaches semi's 100-label 0.61 at about 220 labels
     assert rows[2] == "| semi | 10.0× | ≥ 1.0× |"  # plain supervised needs 1,000; never reaches semi's 0.86
+
+
+def scalars(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(event.step, pytest.approx(event.value)) for event in events.Scalars(tag)]
+
+
+def test_tensorboard_shows_the_run_and_a_resume_replaces_what_came_after_its_checkpoint(tiny_shards, tmp_path):
+    pytest.importorskip("tensorboard")
+    settings = ["train.steps=6", "train.eval_every=3", "train.checkpoint_every=3", "train.keep_checkpoints=0"]
+    pretrain(tiny_shards, tmp_path, "board", *settings)
+    shutil.rmtree(tmp_path / "board" / "checkpoints" / "step_00000006")  # as if killed before its last checkpoint
+    pretrain(tiny_shards, tmp_path, "board", *settings, resume=True)  # steps 4-6 again: once each on the board
+    records = [json.loads(line) for line in (tmp_path / "board" / "metrics.jsonl").read_text().splitlines()]
+    assert scalars(tmp_path / "board", "train/loss") == [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert scalars(tmp_path / "board", "val/val_loss") == [
+        (r["step"], r["val_loss"]) for r in records if "val_loss" in r
+    ]

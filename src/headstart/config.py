@@ -180,6 +180,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints; 0: at the end only
     keep_checkpoints: int = 2  # newest checkpoints kept; 0: all
     log_every: int = 10  # steps per metrics line
+    tensorboard: bool = True  # also write the metrics as TensorBoard event files, when tensorboard is installed
     threads: int = 0  # 0: torch's default
     # several processes (torchrun): ddp replicates the model, fsdp shards it (FSDP2); auto: ddp under torchrun
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"

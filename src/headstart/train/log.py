@@ -14,11 +14,13 @@ from headstart.files import write_text_atomic
 
 
 class MetricsFile:
-    """Append-only JSON lines. On resume the file becomes the copy the checkpoint holds (written
+    """Append-only JSON lines, mirrored as TensorBoard scalars beside them when ``tensorboard``
+    is installed and asked for. On resume the file becomes the copy the checkpoint holds (written
     atomically): the records up to that checkpoint and nothing after, so the file of an
-    interrupted-and-resumed run reads like that of an uninterrupted one, torn last line included."""
+    interrupted-and-resumed run reads like that of an uninterrupted one, torn last line included;
+    TensorBoard drops its events past that step the same way."""
 
-    def __init__(self, path: Path, resume: Path | None = None) -> None:
+    def __init__(self, path: Path, resume: Path | None = None, resume_step: int = 0, tensorboard: bool = False) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         saved = resume / "metrics.jsonl" if resume is not None else None
@@ -26,10 +28,43 @@ class MetricsFile:
             write_text_atomic(path, saved.read_text(encoding="utf-8"))
         elif resume is None or not path.exists():
             path.write_text("", encoding="utf-8")
+        self.board = TensorBoard(path.parent, resume_step + 1 if resume is not None else 0) if tensorboard else None
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.write(record)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+class TensorBoard:
+    """The metrics records as scalars (``train/loss``, ``val/val_loss``, …) in event files in the
+    run directory: ``tensorboard --logdir runs`` shows every run, and every cell of a study, as
+    its own run. Silent when ``tensorboard`` is not installed."""
+
+    def __init__(self, folder: Path, purge_step: int | None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # an optional extra: pip install "headstart[tensorboard]"
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        group = "val" if record.get("split") == "val" else "train"
+        for key, value in record.items():
+            if key not in ("step", "split") and isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{group}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -149,6 +149,8 @@ def train_loop(job: Job, outputs: Outputs, start: Start | None = None) -> LoopRe
         last_checkpoint = callbacks.checkpoint(state)
     finally:
         callbacks.log.progress.close()
+        if callbacks.log.metrics is not None:
+            callbacks.log.metrics.close()
     return LoopResult(
         state.step, state.tokens_seen, state.flops, state.elapsed_s, last_eval, last_checkpoint,
         callbacks.stop.signalled,
@@ -184,7 +186,11 @@ def build_callbacks(
     autocast: AbstractContextManager[Any],
 ) -> Callbacks:
     train = job.settings.train
-    metrics = MetricsFile(outputs.run_dir / "metrics.jsonl", start.resume) if parallel.main else None  # rank 0 writes
+    metrics = (  # rank 0 writes
+        MetricsFile(outputs.run_dir / "metrics.jsonl", start.resume, state.step, train.tensorboard)
+        if parallel.main
+        else None
+    )
     quiet = outputs.quiet or not parallel.main
     progress = ProgressDisplay(outputs.console, train.steps, state.step, quiet=quiet, unit=job.objective.unit)
     log = StepLog(

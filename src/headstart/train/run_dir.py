@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = {
     ("train", "log_every"),
     ("train", "parallel"),  # a checkpoint resumes on any number of processes
     ("train", "max_bad_steps"),
+    ("train", "tensorboard"),
 }
 
 

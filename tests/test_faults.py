@@ -4,6 +4,7 @@ two runs in one directory, and processes killed at random (the slow sweep)."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,26 @@ def test_a_flipped_manifest_byte_is_named_as_the_manifest(tiny_shards, tmp_path)
     (folder / "manifest.json").write_text(text[:at] + flipped + text[at + 1 :])
     with pytest.raises(HeadstartError, match=r"manifest.json: damaged"):
         ckpt.verify(folder)
+
+
+def test_a_flipped_byte_in_any_checkpoint_file_is_named_on_load(tiny_shards, tmp_path):
+    folder = pretrain(tiny_shards, tmp_path, "run", "train.steps=2").checkpoint
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        copy = tmp_path / f"copy-{file.name}"
+        shutil.copytree(folder, copy)
+        data = bytearray((copy / file.name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / file.name).write_bytes(bytes(data))
+        with pytest.raises(HeadstartError, match=rf"{copy}/{file.name}\b"):
+            ckpt.open_checkpoint(copy)
+
+
+def test_a_truncated_shard_is_named(tiny_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    (shards / "train.bin").write_bytes((shards / "train.bin").read_bytes()[:-2])
+    with pytest.raises(HeadstartError, match=r"train.bin: expected [\d,]+ bytes .* truncated"):
+        pretrain(shards, tmp_path, "run", "train.steps=2")
 
 
 def test_resume_falls_back_past_a_damaged_newest_checkpoint(tiny_shards, tmp_path, capsys):
@@ -233,6 +254,7 @@ def test_kill_9_at_random_points_resumes_to_the_same_weights_and_log(tiny_shards
         process.wait()
         kills += 1
         inside_writes += bool(list(checkpoints.glob(".tmp_step_*")))
+    print(f"kill -9 sweep: {kills} kills, {inside_writes} inside a checkpoint write")  # shown with pytest -s
     assert kills >= 10 and inside_writes >= 3, (kills, inside_writes)
     final = ckpt.list_checkpoints(checkpoints)[-1]
     assert (final / "model.safetensors").read_bytes() == (straight.checkpoint / "model.safetensors").read_bytes()

@@ -155,3 +155,24 @@ def tiny_simclr(tiny_images, tmp_path_factory) -> Path:
                  "vision.width=8", "vision.depth=1", "objective.projection_hidden=32", "objective.projection_dim=16",
                  "train.batch_size=16", "train.steps=6", "train.eval_every=0", "train.precision=fp32"]  # fmt: skip
     return api.pretrain("simclr-fmnist", [*overrides, "data.eval_images="], quiet=True).checkpoint
+
+
+SHARED_TESTS: set[str] = set()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    SHARED_TESTS.update(item.nodeid for item in items if "shared_data" in getattr(item, "fixturenames", ()))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many tests read ../shared/data and how many of them ran, so a skip is never silent."""
+    if not SHARED_TESTS:
+        return
+    outcomes = {
+        outcome: sum(1 for report in terminalreporter.stats.get(outcome, []) if report.nodeid in SHARED_TESTS)
+        for outcome in ("passed", "failed", "skipped")
+    }
+    terminalreporter.write_line(
+        f"tests on {SHARED_DATA}: {len(SHARED_TESTS)} collected, "
+        + ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
+    )

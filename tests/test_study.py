@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -174,3 +175,22 @@ def test_scratch_twin_check_fills_defaults_and_catches_a_different_shape(tmp_pat
     deeper = copy_with("deeper", lambda model: model.update(n_layer=model["n_layer"] + 1))
     assert differs_from(older, str(encoder)) == ""
     assert differs_from(deeper, str(encoder)) == "model settings"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[1].glob("examples/studies/*.yaml")), ids=lambda p: p.stem
+)
+def test_every_example_study_and_each_cell_config_is_valid(path):
+    """The shipped studies parse, and every init's settings with every sweep candidate make a valid
+    fine-tune config (readouts and their options included), before anything runs."""
+    from headstart.config import FinetuneConfig, StudyConfig, load_config
+    from headstart.readouts import readout_entry
+
+    study = load_config(StudyConfig, str(path))
+    for name, source in study.inits.items():
+        if source in ("skipgram", "ngrams", "pixels"):
+            continue
+        for overrides in study.sweep.values():
+            config = load_config(FinetuneConfig, study.finetune, [*study.settings, *overrides,
+                                                                   *study.init_settings.get(name, [])])  # fmt: skip
+            readout_entry(config.readout, config.task.kind)

@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -202,6 +203,9 @@ def test_report_gives_both_label_efficiencies(tmp_path):
     # the metric, one row per label efficiency, then the compute and choice tables
     assert rows[1] == "| semi | 2.2× | ≥ 1.0× |"  # scratch reaches semi's 100-label 0.61 at about 220 labels
     assert rows[2] == "| semi | 10.0× | ≥ 1.0× |"  # plain supervised needs 1,000; never reaches semi's 0.86
+    # scratch given the plain recipe is itself the supervised baseline: one table, said to be both
+    same = write_report(tmp_path, replace(config, supervised="scratch"), "", references=None).read_text()
+    assert "the table above is both label efficiencies" in same
 
 
 def scalars(folder, tag):

@@ -161,6 +161,10 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
             lines += ["", f"Against `{supervised}`: plain supervised fine-tuning from random init, on the labels "
                       "alone — what headstart buys a user in all (pretraining and every fine-tuning mode).", "",
                       *header(budgets), *efficiency_rows(table, budgets, supervised)]  # fmt: skip
+        elif supervised == scratch:
+            lines += ["", f"`{scratch}` is also the study's plain supervised baseline (`supervised: {scratch}`), so "
+                      "the table above is both label efficiencies: what pretraining buys, and what headstart buys "
+                      "a user in all."]  # fmt: skip
         else:
             lines += ["", "The study names no plain supervised baseline (`supervised:` an init from scratch "
                       "fine-tuned on the labels alone), so the table above is the only label efficiency."]  # fmt: skip

@@ -194,3 +194,16 @@ def test_every_example_study_and_each_cell_config_is_valid(path):
             config = load_config(FinetuneConfig, study.finetune, [*study.settings, *overrides,
                                                                    *study.init_settings.get(name, [])])  # fmt: skip
             readout_entry(config.readout, config.task.kind)
+
+
+def test_a_candidate_an_init_setting_makes_identical_to_another_runs_once(tmp_path, encoder, tiny_shards, write_task):
+    corpus = tiny_shards.parent / "corpus.txt"
+    path = study_yaml(write_task, tmp_path, encoder, corpus, budgets="[20]")
+    text = path.read_text().replace(
+        f"inits: {{pretrained: {encoder}, scratch: scratch, skipgram: skipgram, ngrams: ngrams}}",
+        f"inits: {{plain: {encoder}}}\ninit_settings: {{plain: [readout=finetune, optim.lr=3e-3]}}",
+    )
+    path.write_text(text)
+    api.transfer(str(path))
+    records = [json.loads(x) for x in (tmp_path / "runs" / "s" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(set(r["sweep_val"]) == {"probe"} for r in records)  # `lr` would repeat it

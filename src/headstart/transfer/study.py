@@ -128,12 +128,15 @@ def finetune_cell(
 ) -> dict[str, Any]:
     """Every sweep candidate on this (init, budget, seed); keep the best on the carved validation split."""
     origin = ["init=scratch", f"architecture={architecture}"] if source == "scratch" else [f"init={source}"]
-    candidates = {}
+    candidates, tried = {}, []
     for name, overrides in config.sweep.items():
         run_name = f"{init}-{budget}-{seed}-{name}"
         settings = [*config.settings, *origin, *overrides, *init_settings(config, init), f"budget={budget}",
                     f"train.seed={seed}", f"run.out_dir={runs}", f"run.name={run_name}"]  # fmt: skip
         run_config = load_config(FinetuneConfig, config.finetune, settings)
+        if (same := replace(run_config, run=replace(run_config.run, name=""))) in tried:
+            continue  # the init's own settings made this candidate one already run: it would repeat it exactly
+        tried.append(same)
         result = finetune(run_config, quiet=True)
         shutil.rmtree(result.run_dir / "checkpoints", ignore_errors=True)  # the study keeps metrics, not weights
         candidates[name] = (result, run_name)

@@ -207,3 +207,9 @@ def test_a_candidate_an_init_setting_makes_identical_to_another_runs_once(tmp_pa
     api.transfer(str(path))
     records = [json.loads(x) for x in (tmp_path / "runs" / "s" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(set(r["sweep_val"]) == {"probe"} for r in records)  # `lr` would repeat it
+    # a candidate kept to small budgets: not run at 60 labels; a study where none would run is refused
+    api.transfer(str(path), ["budgets=[20,60]", "seeds=1", "sweep_max_budget={probe: 20}", "run.name=capped"])
+    capped = [json.loads(x) for x in (tmp_path / "runs" / "capped" / "results.jsonl").read_text().splitlines()]
+    assert [(r["budget"], set(r["sweep_val"])) for r in capped] == [(20, {"probe"}), (60, {"lr"})]
+    with pytest.raises(HeadstartError, match="no sweep candidate runs at budget 60"):
+        api.transfer(str(path), ["budgets=[60]", "sweep_max_budget={probe: 20, lr: 20}", "run.name=none"])

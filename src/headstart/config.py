@@ -415,6 +415,9 @@ class StudyConfig:
             "lr3e-4": ["optim.lr=3e-4"],
         }
     )
+    # candidate name → the largest label budget it runs at (a few-shot method such as readout=setfit is
+    # not worth its cost with thousands of labels; with all labels, budget 0, it is left out too)
+    sweep_max_budget: dict[str, int] = field(default_factory=dict)
     reference_text: list[str] = field(default_factory=list)  # unlabelled text for the skip-gram reference
     target: float = 0.0  # metric for steps-to-target; 0: what scratch reaches with the largest budget
     run: RunConfig = field(default_factory=lambda: RunConfig(name="study"))
@@ -424,6 +427,8 @@ class StudyConfig:
             *(f"budgets: {budget} is negative; expected a label count (0: all labels)"
               for budget in self.budgets if budget < 0),
             *_at_least("seeds", self.seeds, 1),
+            *(f"sweep_max_budget.{name}: not a candidate of the sweep ({', '.join(self.sweep)})"
+              for name in self.sweep_max_budget if name not in self.sweep),
         ]  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from headstart.transfer.results import append_line, read_results
 from headstart.workflows.finetune import finetune
 
 # What must not change between a study and its resumption (budgets and seeds may grow).
-FIXED = ("finetune", "settings", "architecture", "sweep", "reference_text")
+FIXED = ("finetune", "settings", "architecture", "sweep", "sweep_max_budget", "reference_text")
 
 
 def check_inits(config: StudyConfig) -> str:
@@ -69,6 +69,10 @@ def check_inits(config: StudyConfig) -> str:
             raise HeadstartError(f"init_settings.{name}: expected the name of a fine-tuned init among the inits")
     if not config.sweep:
         raise HeadstartError("sweep: expected at least one fine-tuning candidate")
+    for budget in config.budgets:
+        if all(name in config.sweep_max_budget and not 0 < budget <= config.sweep_max_budget[name]
+               for name in config.sweep):  # fmt: skip
+            raise HeadstartError(f"sweep_max_budget: no sweep candidate runs at budget {budget} (0: all labels)")
     if config.seeds < 1:
         raise HeadstartError(f"seeds={config.seeds}: expected at least 1")
     return architecture
@@ -130,6 +134,8 @@ def finetune_cell(
     origin = ["init=scratch", f"architecture={architecture}"] if source == "scratch" else [f"init={source}"]
     candidates, tried = {}, []
     for name, overrides in config.sweep.items():
+        if name in config.sweep_max_budget and not 0 < budget <= config.sweep_max_budget[name]:
+            continue
         run_name = f"{init}-{budget}-{seed}-{name}"
         settings = [*config.settings, *origin, *overrides, *init_settings(config, init), f"budget={budget}",
                     f"train.seed={seed}", f"run.out_dir={runs}", f"run.name={run_name}"]  # fmt: skip

@@ -262,3 +262,15 @@ def test_kill_9_at_random_points_resumes_to_the_same_weights_and_log(tiny_shards
         tmp_path / "straight" / "metrics.jsonl"
     )
     assert not list(checkpoints.glob(".tmp_*")) and not (tmp_path / "killed" / "run.lock").exists()
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_shards, tmp_path):
+    """A run killed after its final checkpoint is resumed as finished: no second evaluation in the
+    log, no checkpoint rewritten, and its last evaluation returned as it was logged."""
+    done = pretrain(tiny_shards, tmp_path, "done", "train.steps=4", "train.eval_every=2")
+    log = (tmp_path / "done" / "metrics.jsonl").read_text()
+    written = (done.checkpoint / "manifest.json").stat().st_mtime_ns
+    again = pretrain(tiny_shards, tmp_path, "done", "train.steps=4", "train.eval_every=2", resume=True)
+    assert (tmp_path / "done" / "metrics.jsonl").read_text() == log
+    assert (done.checkpoint / "manifest.json").stat().st_mtime_ns == written
+    assert again.step == 4 and again.checkpoint == done.checkpoint and again.last_eval == pytest.approx(done.last_eval)

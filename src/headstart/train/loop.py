@@ -24,6 +24,7 @@ from rich.console import Console
 from torch import nn
 
 from headstart.config import OptimConfig, ScheduleConfig, TrainConfig
+from headstart.files import read_jsonl
 from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
 from headstart.train import distributed
@@ -127,6 +128,8 @@ def train_loop(job: Job, outputs: Outputs, start: Start | None = None) -> LoopRe
         else contextlib.nullcontext()
     )
     callbacks = build_callbacks(job, outputs, start, parallel, state, wrapped, dtype, autocast)
+    if start.resume is not None and state.step >= train.steps:  # resuming a finished run: nothing to redo
+        return already_finished(state, callbacks, start.resume, outputs.run_dir)
     last_eval: dict[str, float] = {}
     last_checkpoint: Path | None = None
     try:
@@ -155,6 +158,18 @@ def train_loop(job: Job, outputs: Outputs, start: Start | None = None) -> LoopRe
         state.step, state.tokens_seen, state.flops, state.elapsed_s, last_eval, last_checkpoint,
         callbacks.stop.signalled,
     )  # fmt: skip
+
+
+def already_finished(state: TrainState, callbacks: Callbacks, checkpoint: Path, run_dir: Path) -> LoopResult:
+    """A run resumed from its final checkpoint (killed after writing it): its last evaluation as
+    logged, and nothing evaluated, logged or written again."""
+    callbacks.log.progress.close()
+    if callbacks.log.metrics is not None:
+        callbacks.log.metrics.close()
+    evaluations = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "val"]
+    last = evaluations[-1] if evaluations else {}
+    scores = {k: v for k, v in last.items() if k not in ("step", "split", "tokens", "elapsed_s")}
+    return LoopResult(state.step, state.tokens_seen, state.flops, state.elapsed_s, scores, checkpoint)
 
 
 def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainState, nn.Module]:

@@ -129,8 +129,9 @@ class StepGuard:
             what = "a NaN or inf loss or gradient" if bad_here or math.isnan(value) else "a loss spike"
             raise HeadstartError(
                 f"training diverged at step {step + 1}: {self.in_a_row} steps in a row had {what} (each skipped, "
-                f"{self.skipped} in all); lower optim.lr (now {self.lr_hint:g}) or raise schedule.warmup_steps, "
-                "and resume from the last checkpoint (nothing diverged was written)"
+                f"{self.skipped} in all; nothing diverged was written); lower optim.lr (now {self.lr_hint:g}) or "
+                "raise schedule.warmup_steps and start again, or train on from the last checkpoint as a new run: "
+                "init=CHECKPOINT init_optimizer=carry run.name=NEW"
             )
         return False
 

@@ -121,13 +121,13 @@ def train_loop(job: Job, outputs: Outputs, start: Start | None = None) -> LoopRe
     parallel = distributed.start(train, pick_device(train.device))
     parallel.refuse_coupled(job.objective)
     dtype = parallel.from_main(pick_precision(train.precision, parallel.device))
-    state, wrapped = initial_state(job, start, parallel)
+    state, wrapped, saved = initial_state(job, start, parallel)
     autocast = (
         torch.autocast(parallel.device.type, dtype=torch.bfloat16)
         if dtype == torch.bfloat16
         else contextlib.nullcontext()
     )
-    callbacks = build_callbacks(job, outputs, start, parallel, state, wrapped, dtype, autocast)
+    callbacks = build_callbacks(job, outputs, start, parallel, state, wrapped, dtype, autocast, saved)
     if start.resume is not None and state.step >= train.steps:  # resuming a finished run: nothing to redo
         return already_finished(state, callbacks, start.resume, outputs.run_dir)
     last_eval: dict[str, float] = {}
@@ -172,9 +172,10 @@ def already_finished(state: TrainState, callbacks: Callbacks, checkpoint: Path, 
     return LoopResult(state.step, state.tokens_seen, state.flops, state.elapsed_s, scores, checkpoint)
 
 
-def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainState, nn.Module]:
+def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainState, nn.Module, dict[str, Any]]:
     """The model on its device, wrapped for the strategy, its optimizer, and the run's position:
-    from ``start.resume`` (weights, optimizer, counters, RNG) or fresh."""
+    from ``start.resume`` (weights, optimizer, counters, RNG) or fresh; and the resumed
+    checkpoint's saved state (empty when fresh), which the callbacks restore theirs from."""
     model, train = job.model, job.settings.train
     model.to(parallel.device)
     if start.resume is not None:
@@ -182,12 +183,14 @@ def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainStat
     wrapped = parallel.wrap(torch.compile(model) if train.compile else model)
     optimizer = build_optimizer(model, job.settings.optim, parallel.device, job.lr_scale)
     state = TrainState(model, optimizer, parallel.device, flops=start.prior_flops, elapsed_before=start.prior_seconds)
+    saved: dict[str, Any] = {}
     if start.resume is not None:
         parallel.load_training(start.resume, model, optimizer)
-        state.load_state_dict(ckpt.load_state(start.resume))
+        saved = ckpt.load_state(start.resume)
+        state.load_state_dict(saved)
     elif start.carried_optimizer is not None:
         distributed.load_optimizer(model, optimizer, carried_state(optimizer, *start.carried_optimizer))
-    return state, wrapped
+    return state, wrapped, saved
 
 
 def build_callbacks(
@@ -199,6 +202,7 @@ def build_callbacks(
     wrapped: nn.Module,
     dtype: torch.dtype,
     autocast: AbstractContextManager[Any],
+    saved: dict[str, Any],
 ) -> Callbacks:
     train = job.settings.train
     metrics = (  # rank 0 writes
@@ -214,10 +218,8 @@ def build_callbacks(
     )  # fmt: skip
     guard = StepGuard(parallel, train.max_bad_steps, train.spike_factor, job.settings.optim.lr)
     components = {"log_window": log, "guard": guard}
-    if start.resume is not None:
-        saved = ckpt.load_state(start.resume)
-        for name, part in components.items():
-            part.load_state_dict(saved.get(name, {}))
+    for name, part in components.items():
+        part.load_state_dict(saved.get(name, {}))
     root = outputs.run_dir / "checkpoints"
     return Callbacks(
         log=log,

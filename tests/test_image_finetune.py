@@ -8,6 +8,7 @@ from headstart import api
 from headstart.config import TaskConfig
 from headstart.errors import HeadstartError
 from headstart.objectives.classify import ImageClassify
+from headstart.readouts import consistency as consistency_module
 from headstart.readouts import distill as distill_module
 from headstart.tasks.image import ImageClassifyTask, roc_auc
 from headstart.transfer.reference import pixel_features
@@ -152,10 +153,16 @@ def test_self_training_distils_into_a_student_on_teacher_probabilities(tmp_path,
         finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=typo", "readout=distil")
 
 
-def test_fixmatch_consistency_on_images(tmp_path, tiny_images, tiny_simclr):
+@pytest.mark.parametrize("flip", [False, True])
+def test_fixmatch_consistency_on_images(tmp_path, tiny_images, tiny_simclr, monkeypatch, flip):
+    flips = []
+    original = consistency_module.build_views
+    monkeypatch.setattr(consistency_module, "build_views", lambda *a: flips.append(a[-1].flip) or original(*a))
     result = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=fixmatch", "readout=consistency",
-                      "unlabelled_ratio=2", "consistency_threshold=0.7")  # fmt: skip
-    assert result.steps == 30 and result.metrics["accuracy"] >= 0.8
+                      "unlabelled_ratio=2", "consistency_threshold=0.7", f"task.flip={flip}")  # fmt: skip
+    assert result.steps == 30 and (flip or result.metrics["accuracy"] >= 0.8)  # the classes here are sides
+    assert result.best_step == 30  # the final weights are kept, as in FixMatch
+    assert flips == [flip, flip]  # weak and strong views mirror images only where the task allows it
     assert "confident" in (result.run_dir / "metrics.jsonl").read_text()
 
 

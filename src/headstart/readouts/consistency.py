@@ -1,6 +1,8 @@
 """``readout=consistency``: full fine-tuning on the budget with consistency training on the
-unlabelled training examples (``objectives/consistency.py``), through the one loop, with early
-stopping on the held-out part of the budget like ``finetune``."""
+unlabelled training examples (``objectives/consistency.py``), through the one loop. As in
+FixMatch, the final weights are kept: the held-out part of the budget scores the run (and
+chooses among the sweep's candidates) but does not stop it early, because a few held-out
+examples cannot tell apart the late steps, which the unlabelled loss goes on improving."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from headstart.readouts.context import Finetuning, Outcome
 from headstart.readouts.full import finetuned, probe_head
 from headstart.readouts.registry import ReadoutEntry, register
 
-WEAK = AugmentConfig(crop_min=0.8, flip=True, jitter=0.0, blur_p=0.0)
-STRONG = AugmentConfig(crop_min=0.3, flip=True, jitter=0.5, jitter_p=0.8, blur_p=0.5)
+WEAK = AugmentConfig(crop_min=0.8, jitter=0.0, blur_p=0.0)
+STRONG = AugmentConfig(crop_min=0.3, jitter=0.5, jitter_p=0.8, blur_p=0.5)
 
 
 class LabelledAndUnlabelled:
@@ -50,9 +52,11 @@ def text_views(ft: Finetuning) -> tuple[View, View]:
 
 
 def image_views(ft: Finetuning) -> tuple[View, View]:
-    """Flips and light crops, against heavy crops, colour jitter, blur and cutout."""
+    """Light crops, against heavy crops, colour jitter, blur and cutout; both flipped only where
+    ``task.flip`` allows it (a mirrored digit is another symbol)."""
     _, height, width, channels = ft.task.train.images.shape
-    light, heavy = (build_views((height, width), channels, settings) for settings in (WEAK, STRONG))
+    flip = ft.config.task.flip
+    light, heavy = (build_views((height, width), channels, replace(views, flip=flip)) for views in (WEAK, STRONG))
 
     def view(views: torch.nn.Module, erase: bool) -> Any:
         def make(raw: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -76,7 +80,7 @@ def consistency(ft: Finetuning) -> Outcome:
         config.unlabelled_ratio,
     )
     ft.console.print(f"consistency training on {task.size(pool):,} unlabelled examples", highlight=False)
-    outcome = finetuned(ft, ft.model, ft.fit_set, config, objective=objective, source=source)
+    outcome = finetuned(ft, ft.model, ft.fit_set, config, keep_last=True, objective=objective, source=source)
     return replace(outcome, flops=outcome.flops + flops)
 
 

@@ -69,10 +69,10 @@ def fit_with_early_stopping(
 ) -> tuple[LoopResult, dict[str, Any]]:
     """Train ``model`` on ``train_set`` through the one loop, scoring the held-out split at every
     evaluation; returns the loop's result and the best evaluation (score, weights, step: the
-    earliest that reached it). ``name``: a sub-directory of the run for this fit; ``objective``
-    and ``source``: in place of the task's loss and ``train_set``'s batches; ``probe_each_eval``:
-    each evaluation first refits the head as a logistic probe (for losses that never train it).
-    The result's FLOPs include those probes'."""
+    earliest that reached it; ``last_score``: the final evaluation's). ``name``: a sub-directory
+    of the run for this fit; ``objective`` and ``source``: in place of the task's loss and
+    ``train_set``'s batches; ``probe_each_eval``: each evaluation first refits the head as a
+    logistic probe (for losses that never train it). The result's FLOPs include those probes'."""
     task = ft.task
     best: dict[str, Any] = {"score": -1.0, "state": copy.deepcopy(model.state_dict()), "step": 0}
     every, steps = config.train.eval_every, config.train.steps
@@ -84,6 +84,7 @@ def fit_with_early_stopping(
         if probe_each_eval:
             probe_flops[0] += probe_head(ft, model)
         scores = task.score(model, ft.held_set)
+        best["last_score"] = scores[task.metric]
         if scores[task.metric] > float(best["score"]):
             best.update(score=scores[task.metric], state=copy.deepcopy(model.state_dict()), step=step)
         # The reported set's score along the way, for curves only; the choice above never sees it.
@@ -101,11 +102,22 @@ def fit_with_early_stopping(
 
 
 def finetuned(
-    ft: Finetuning, model: nn.Module, train_set: Any, config: FinetuneConfig, name: str = "", **fit: Any
+    ft: Finetuning,
+    model: nn.Module,
+    train_set: Any,
+    config: FinetuneConfig,
+    name: str = "",
+    keep_last: bool = False,
+    **fit: Any,
 ) -> Outcome:
     """Fit with early stopping (``fit``: its ``objective`` and ``source``), then score the
-    reported set once with the best weights."""
+    reported set once with the best weights. ``keep_last``: the final weights instead, and the
+    final validation score (for training whose unlabelled loss goes on improving the model
+    after a few held-out examples stop telling steps apart)."""
     result, best = fit_with_early_stopping(ft, model, train_set, config, name, **fit)
+    if keep_last:
+        metrics = ft.task.score(model, ft.eval_set, final=True)
+        return Outcome(metrics, float(best["last_score"]), result.flops, result.step, result.step)
     model.load_state_dict(best["state"])
     metrics = ft.task.score(model, ft.eval_set, final=True)
     return Outcome(metrics, float(best["score"]), result.flops, int(best["step"]), result.step)

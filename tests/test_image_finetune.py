@@ -166,6 +166,12 @@ def test_fixmatch_consistency_on_images(tmp_path, tiny_images, tiny_simclr, monk
     assert "confident" in (result.run_dir / "metrics.jsonl").read_text()
 
 
+def test_consistency_with_every_label_in_the_budget_fine_tunes_plainly(tmp_path, tiny_images, tiny_simclr):
+    result = finetune(tmp_path, tiny_images, str(tiny_simclr), "run.name=all", "readout=consistency", "budget=0")
+    assert result.metrics["accuracy"] >= 0.8  # no unlabelled pool is left: plain fine-tuning, not an error
+    assert "confident" not in (result.run_dir / "metrics.jsonl").read_text()
+
+
 def test_noisy_student_rounds_each_student_teaching_the_next(tmp_path, tiny_images, tiny_simclr, monkeypatch):
     seen = []
     original = distill_module.concat_encoded

@@ -17,7 +17,7 @@ from headstart.data.examples import ExampleBatches
 from headstart.data.tokenizers import tokenizer_info
 from headstart.objectives.consistency import Consistency, View, cutout, noised_tokens
 from headstart.readouts.context import Finetuning, Outcome
-from headstart.readouts.full import finetuned, probe_head
+from headstart.readouts.full import finetuned, full_finetune, probe_head
 from headstart.readouts.registry import ReadoutEntry, register
 
 WEAK = AugmentConfig(crop_min=0.8, jitter=0.0, blur_p=0.0)
@@ -70,10 +70,13 @@ def image_views(ft: Finetuning) -> tuple[View, View]:
 
 def consistency(ft: Finetuning) -> Outcome:
     config, task = ft.config, ft.task
+    pool = ft.unlabelled_set()
+    if task.size(pool) == 0:  # every training example is in the budget: nothing to be consistent on
+        ft.console.print("consistency training: no unlabelled examples outside the budget, so plain fine-tuning")
+        return full_finetune(ft)
     flops = probe_head(ft) if config.head_init == "probe" else 0.0
     weak, strong = image_views(ft) if config.task.kind == "image" else text_views(ft)
     objective = Consistency(task.objective, weak, strong, config.consistency_threshold, config.consistency_weight)
-    pool = ft.unlabelled_set()
     source = LabelledAndUnlabelled(
         ExampleBatches(task.size(ft.fit_set), task.collate(ft.fit_set), config.train.seed),
         ExampleBatches(task.size(pool), task.collate(pool), config.train.seed + 1),

@@ -62,9 +62,14 @@ def test_loss_falls_and_checkpoint_is_complete(tiny_shards, tmp_path, recipe):
         assert "val_masked_accuracy" in result.last_eval
 
 
-@pytest.mark.parametrize("recipe", ["gpt-tiny", "bert-tiny"])
-def test_resume_after_crash_is_bitwise_exact(tiny_shards, tmp_path, recipe, monkeypatch):
-    settings = ["train.steps=10", "train.checkpoint_every=4", "train.eval_every=5", "model.dropout=0.1"]
+@pytest.mark.parametrize(
+    ("recipe", "optimizer"),
+    [("gpt-tiny", "adamw"), ("bert-tiny", "adamw"), ("gpt-tiny", "muon")],
+    ids=["gpt-tiny", "bert-tiny", "gpt-tiny-muon"],
+)
+def test_resume_after_crash_is_bitwise_exact(tiny_shards, tmp_path, recipe, optimizer, monkeypatch):
+    settings = ["train.steps=10", "train.checkpoint_every=4", "train.eval_every=5", "model.dropout=0.1",
+                f"optim.name={optimizer}"]  # fmt: skip
     straight = run(tiny_shards, tmp_path, "straight", settings, recipe=recipe)
 
     original = pretrain_module.TrainWindows.batch

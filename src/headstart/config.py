@@ -86,18 +86,21 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW; weight decay applies to weight matrices only."""
+    """AdamW, or Muon for the hidden matrices; weight decay applies to weight matrices only."""
 
+    name: Literal["adamw", "muon"] = "adamw"  # muon: orthogonalised momentum for the blocks' matrices, AdamW else
     lr: float = 1e-3  # peak learning rate (the schedule scales it)
     beta1: float = 0.9  # AdamW's first-moment decay
     beta2: float = 0.95  # AdamW's second-moment decay
     eps: float = 1e-8  # AdamW's denominator floor
     weight_decay: float = 0.1  # decoupled, on weight matrices only
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0: no clipping
+    momentum: float = 0.95  # muon: the hidden matrices' momentum (Nesterov)
 
     def problems(self) -> list[str]:
         return [
             *_at_least("optim.lr", self.lr, 0),
+            *_in_range("optim.momentum", self.momentum, 0.0, 1.0, low_ok=True),
             *_in_range("optim.beta1", self.beta1, 0.0, 1.0, low_ok=True),
             *_in_range("optim.beta2", self.beta2, 0.0, 1.0, low_ok=True),
             *_at_least("optim.weight_decay", self.weight_decay, 0),

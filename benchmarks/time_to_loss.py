@@ -1,0 +1,217 @@
+"""WikiText-2, BPE 8k, the gpt-tiny shape: how much sooner headstart's recipes reach each
+baseline's final validation loss, on this machine, in one run.
+
+The baselines train for ``--baseline-minutes`` (20) each, on the same windows of 256 tokens,
+batch 16, from the same shards:
+- ``nanogpt``: nanoGPT's recipe on a GPT-2 of the same size (transformers' GPT2LMHeadModel:
+  learned positions, LayerNorm, GELU; AdamW lr 6e-4, β2 0.95, weight decay 0.1, warmup, cosine
+  to a tenth), in headstart's loop;
+- ``trainer``: transformers' ``Trainer`` with its defaults (AdamW lr 5e-5, β2 0.999, no weight
+  decay, linear decay without warmup) on the same GPT2LMHeadModel.
+Each headstart variant (``gpt-tiny``'s defaults, skip-gram warm start included in its time;
+``muon``: the same with ``optim.name=muon``) trains for ``--headstart-minutes``, its schedule
+planned to finish there. Every run is scored on the same validation windows about once a
+minute of training, and each precision is the one the machine's probe picks (bf16 where its
+matmul is faster). A headstart variant's time to a baseline's final loss is the wall time of
+its first evaluation at or below it, warm start and evaluations included, as for the baselines.
+The last line printed is one JSON object with every figure and ``speedup`` per baseline.
+
+    python benchmarks/time_to_loss.py [--baseline-minutes 20] [--headstart-minutes 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, hf_gpt2, machine, wikitext_bpe8k
+from headstart.config import PretrainConfig, load_config, to_dict
+from headstart.data.shards import open_shards
+from headstart.data.windows import eval_windows
+from headstart.objectives.clm import CausalLM
+from headstart.train.device import pick_precision
+from headstart.train.flops import train_flops_per_token
+from headstart.train.loop import Job, Outputs, train_loop
+from headstart.train.validate import evaluate_windows
+from headstart.workflows.pretrain import pretrain, steps_for_minutes
+from headstart.workflows.pretrain_data import TrainWindows
+
+VAL_WINDOWS = 128  # 33k tokens: scored about once a minute, a few % of the training time
+NANOGPT = {
+    "optim": {"lr": 6e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1},
+    "schedule": {"kind": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
+    "embeddings": {"init": "random"},
+}
+HEADSTART = {"default": {}, "muon": {"optim": {"name": "muon"}}}
+
+
+class GPT2Adapter(torch.nn.Module):
+    """GPT2LMHeadModel behind headstart's model interface (hidden states, then logits)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model.transformer(input_ids=idx).last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)
+
+
+def base_config(shards: Path, name: str, extra: dict[str, Any]) -> PretrainConfig:
+    settings = {"data": {"shards": str(shards)}, "run": {"out_dir": str(CACHE), "name": name}, **extra}
+    config = load_config(PretrainConfig, "gpt-tiny", settings)
+    config.train.checkpoint_every, config.train.eval_batches = 0, VAL_WINDOWS // config.train.batch_size
+    shutil.rmtree(CACHE / name, ignore_errors=True)
+    return config
+
+
+def every_minute(config: PretrainConfig, minutes: float) -> None:
+    """Evaluations about once a minute of the run's planned steps."""
+    config.train.eval_every = max(10, round(config.train.steps / max(1.0, minutes)))
+
+
+def curve_of(metrics: Path) -> list[dict[str, float]]:
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [
+        {"elapsed_s": r["elapsed_s"], "tokens": r["tokens"], "val_loss": r["val_loss"]}
+        for r in records
+        if "val_loss" in r
+    ]
+
+
+def run_headstart(shards: Path, name: str, extra: dict[str, Any], minutes: float) -> dict[str, Any]:
+    config = base_config(shards, f"ttl-{name}", extra)
+    config.train.steps = steps_for_minutes(config, minutes)
+    every_minute(config, minutes)
+    pretrain(config, quiet=True)
+    return {"steps": config.train.steps, "curve": curve_of(CACHE / config.run.name / "metrics.jsonl")}
+
+
+def run_nanogpt(shards: Path, minutes: float) -> dict[str, Any]:
+    config = base_config(shards, "ttl-nanogpt", NANOGPT)
+    data, m = open_shards(shards), config.model
+    gpt2_shape = m.__class__(**{**to_dict(m), "vocab_size": data.vocab_size, "mlp": "gelu"})
+    flops = train_flops_per_token(gpt2_shape, m.context)
+    objective, val = CausalLM(), eval_windows(data.val, config.train.seq_len + 1, VAL_WINDOWS)
+
+    def train(steps: int, run_dir: Path) -> None:
+        config.train.steps = steps
+        every_minute(config, minutes)
+        torch.manual_seed(config.train.seed)
+        model = GPT2Adapter(hf_gpt2(data.vocab_size, m.n_layer, m.n_head, m.n_embd, m.context))
+        evaluate = lambda mod: evaluate_windows(mod, objective, val, config.train.batch_size)  # noqa: E731
+        job = Job(model, objective, TrainWindows(data, config.train.seq_len, config.train.seed), config, flops)
+        train_loop(job, Outputs(run_dir, to_dict(config), evaluate, quiet=True))
+
+    probe_dir = CACHE / "ttl-nanogpt-probe"
+    started = time.perf_counter()
+    train(20, probe_dir)
+    seconds_per_step = (time.perf_counter() - started) / 20
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    steps = int(minutes * 60 / seconds_per_step * 0.95)
+    train(steps, CACHE / config.run.name)
+    return {"steps": steps, "curve": curve_of(CACHE / config.run.name / "metrics.jsonl")}
+
+
+def run_trainer(shards: Path, minutes: float, bf16: bool) -> dict[str, Any]:
+    """transformers' Trainer at its defaults, scored by the same function on the same windows."""
+    import transformers
+
+    data = open_shards(shards)
+    config = base_config(shards, "ttl-trainer", {})
+    m, batch, seq = config.model, config.train.batch_size, config.train.seq_len
+    train_tokens = np.asarray(data.train, dtype=np.int64)
+    windows = train_tokens[: len(train_tokens) // seq * seq].reshape(-1, seq)
+    dataset = [{"input_ids": torch.from_numpy(row), "labels": torch.from_numpy(row)} for row in windows]
+    objective, val = CausalLM(), eval_windows(data.val, seq + 1, VAL_WINDOWS)
+    curve: list[dict[str, float]] = []
+
+    class Scoring(transformers.TrainerCallback):
+        def __init__(self, every: int) -> None:
+            self.every, self.started = every, 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+                model.eval()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = evaluate_windows(GPT2Adapter(model), objective, val, batch)["val_loss"]
+                model.train()
+                elapsed = time.perf_counter() - self.started
+                curve.append({"elapsed_s": elapsed, "tokens": state.global_step * batch * seq, "val_loss": loss})
+
+    def train(steps: int, every: int) -> None:
+        torch.manual_seed(0)
+        model = hf_gpt2(data.vocab_size, m.n_layer, m.n_head, m.n_embd, m.context)
+        args = transformers.TrainingArguments(
+            output_dir=str(CACHE / "ttl-trainer"), per_device_train_batch_size=batch, max_steps=steps,
+            save_strategy="no", report_to=[], logging_steps=max(1, steps // 20), use_cpu=True, bf16=bf16,
+            disable_tqdm=True, seed=0,
+        )  # fmt: skip
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Scoring(every)])
+        trainer.train()
+
+    started = time.perf_counter()
+    train(20, 10**9)
+    seconds_per_step = (time.perf_counter() - started) / 20
+    steps = int(minutes * 60 / seconds_per_step * 0.95)
+    curve.clear()
+    train(steps, max(10, round(steps / max(1.0, minutes))))
+    return {"steps": steps, "curve": curve}
+
+
+def first_at_or_below(curve: list[dict[str, float]], target: float) -> dict[str, float] | None:
+    return next((point for point in curve if point["val_loss"] <= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline-minutes", type=float, default=20.0)
+    parser.add_argument("--headstart-minutes", type=float, default=5.0)
+    parser.add_argument("--variants", default="default,muon", help=f"headstart variants: {','.join(HEADSTART)}")
+    args = parser.parse_args()
+    shards = wikitext_bpe8k()
+    facts = machine()
+    bf16 = pick_precision("auto", torch.device("cpu")) == torch.bfloat16
+    runs: dict[str, dict[str, Any]] = {}
+    for variant in args.variants.split(","):
+        runs[variant] = run_headstart(shards, variant, HEADSTART[variant], args.headstart_minutes)
+        print(json.dumps({variant: runs[variant]}))
+    runs["nanogpt"] = run_nanogpt(shards, args.baseline_minutes)
+    print(json.dumps({"nanogpt": runs["nanogpt"]}))
+    runs["trainer"] = run_trainer(shards, args.baseline_minutes, bf16)
+    print(json.dumps({"trainer": runs["trainer"]}))
+
+    speedup: dict[str, dict[str, Any]] = {}
+    for baseline in ("nanogpt", "trainer"):
+        end = runs[baseline]["curve"][-1]
+        for variant in args.variants.split(","):
+            reached = first_at_or_below(runs[variant]["curve"], end["val_loss"])
+            speedup.setdefault(baseline, {})[variant] = {
+                "target_val_loss": round(end["val_loss"], 4),
+                "baseline_s": round(end["elapsed_s"], 1),
+                "headstart_s": round(reached["elapsed_s"], 1) if reached else None,
+                "headstart_tokens": reached["tokens"] if reached else None,
+                "speedup": round(end["elapsed_s"] / reached["elapsed_s"], 2) if reached else None,
+                "headstart_final_val_loss": round(runs[variant]["curve"][-1]["val_loss"], 4),
+            }
+    ratios = {b: max((v["speedup"] or 0.0 for v in s.values()), default=0.0) for b, s in speedup.items()}
+    print(json.dumps({"case": "wikitext2-bpe8k-gpt-tiny", "precision_bf16": bf16, "speedup": ratios,
+                      "detail": speedup, "runs": runs, "machine": facts}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -158,7 +158,7 @@ def run_trainer(shards: Path, minutes: float, bf16: bool) -> dict[str, Any]:
         model = hf_gpt2(data.vocab_size, m.n_layer, m.n_head, m.n_embd, m.context)
         args = transformers.TrainingArguments(
             output_dir=str(CACHE / "ttl-trainer"), per_device_train_batch_size=batch, max_steps=steps,
-            save_strategy="no", report_to=[], logging_steps=max(1, steps // 20), use_cpu=True, bf16=bf16,
+            save_strategy="no", report_to=[], logging_strategy="no", use_cpu=True, bf16=bf16,
             disable_tqdm=True, seed=0,
         )  # fmt: skip
         trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Scoring(every)])

@@ -16,6 +16,7 @@ from headstart.files import read_jsonl, write_markdown
 from headstart.plots import plt, save_figure  # plots sets the display-free backend first
 from headstart.train import checkpoint as ckpt
 from headstart.transfer.efficiency import label_efficiency, steps_to_target
+from headstart.transfer.forecast import MIN_BUDGETS, Forecast, backtest, forecast
 from headstart.transfer.reference import REFERENCES, References, WordVectors
 from headstart.transfer.results import read_results
 from headstart.workflows.continued import LINEAGE, read_json
@@ -174,6 +175,7 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
         lines += steps_to_target_rows(table, config, budgets, run_dir / "runs", metric, target, why)
         lines += ["", "![metric against fine-tuning step](metric_vs_step.png)", ""]
 
+    lines += forecast_section(table, config, metric, scratch)
     lines += compute_section(table, config, references)
     lines += ["## What each init was given and chose", "",
               "Sweep (the same for every fine-tuned init): " + "; ".join(f"`{n}`: {' '.join(o) or 'recipe defaults'}"
@@ -252,6 +254,74 @@ def steps_to_target_rows(
             cells.append(f"{statistics.median(hits):.0f} ({len(hits)}/{len(reached)})" if hits else "—")
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return lines
+
+
+def labels_shown(labels: float) -> str:
+    return "never" if math.isinf(labels) else f"{labels:,.0f}"
+
+
+def forecast_section(
+    table: dict[str, dict[int, list[dict[str, Any]]]], config: StudyConfig, metric: str, scratch: str | None
+) -> list[str]:
+    """Per init with enough budgets: the fitted learning curve, the labels it needs to reach the
+    target, the label efficiency it implies beyond the measured budgets, and the backtest."""
+    shown = scale(metric)  # fractions are shown as percentages
+    ceiling = 100.0 if metric == "bleu" else 1.0  # the metric's top
+    values = {
+        init: {budget: [c["value"] for c in cells] for budget, cells in by_budget.items()}
+        for init, by_budget in table.items()
+    }
+    fits: dict[str, Forecast] = {}
+    for init, by_budget in values.items():
+        if len(by_budget) >= MIN_BUDGETS:
+            try:
+                fits[init] = forecast(by_budget, ceiling)
+            except RuntimeError:  # least squares found no curve: the init is left out, and said to be
+                continue
+    lines = ["## Forecast", ""]
+    if not fits:
+        return [*lines, f"Not fitted: a learning curve needs at least {MIN_BUDGETS} budgets per init.", ""]
+    best = max(statistics.fmean(v) for by_budget in values.values() for v in by_budget.values())
+    target = config.target or best
+    why = "set in the study" if config.target else "the best mean measured"
+    largest = max(b for by_budget in values.values() for b in by_budget)
+    lines += [f"Each init's {metric} against labels n, fitted as a − b·n^(−c) on every seed's point; 95% intervals "
+              "from a bootstrap of the fit's residuals. The backtest fits again without the largest budget and "
+              "predicts it.", "",
+              f"| init | fitted curve | labels to reach {shown * target:.1f} ({why}) | at {10 * largest:,} labels "
+              "| backtest: predicted (interval) → measured |", "|---|---|---|---|---|"]  # fmt: skip
+    for init, fit in fits.items():
+        curve = fit.curve
+        needed, low, high = fit.labels_for(target)
+        value, vlow, vhigh = fit.value_at(10 * largest)
+        check = backtest(values[init], ceiling)
+        tested = "— (needs 4 budgets)" if check is None else (
+            f"{shown * check.predicted:.1f} ({shown * check.low:.1f}–{shown * check.high:.1f}) → "
+            f"{shown * check.measured:.1f} at {check.budget:,}: error {shown * check.error:+.1f}, "
+            + ("inside" if check.inside else "outside") + " the interval"
+        )  # fmt: skip
+        lines.append(
+            f"| {init} | {shown * curve.asymptote:.1f} − {shown * curve.scale:.3g}·n^(−{curve.exponent:.2f}) | "
+            f"{labels_shown(needed)} ({labels_shown(low)}–{labels_shown(high)}) | "
+            f"{shown * value:.1f} ({shown * vlow:.1f}–{shown * vhigh:.1f}) | {tested} |"
+        )
+    if scratch in fits:
+        grid = sorted({*(b for by_budget in values.values() for b in by_budget), 2 * largest, 10 * largest})
+        lines += ["", f"Label efficiency against `{scratch}` read off the fitted curves, measured budgets and beyond "
+                  f"({2 * largest:,} and {10 * largest:,}): labels `{scratch}`'s curve needs to reach what the init's "
+                  "curve reaches, as a multiple.", "", *header(grid)]  # fmt: skip
+        for init, fit in fits.items():
+            if init == scratch:
+                continue
+            cells = []
+            for budget in grid:
+                needed = fits[scratch].curve.labels_for(fit.curve(budget))
+                cells.append("never" if math.isinf(needed) else f"{needed / budget:.1f}×")
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    skipped = [init for init in table if init not in fits]
+    if skipped:
+        lines += ["", "Not fitted (fewer than 3 budgets, or no curve found): " + ", ".join(f"`{i}`" for i in skipped)]
+    return [*lines, ""]
 
 
 def compute_section(

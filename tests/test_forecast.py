@@ -5,9 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from headstart.config import StudyConfig
+from headstart.config import CostConfig, StudyConfig
 from headstart.transfer.forecast import PowerLaw, backtest, fit_power_law, forecast
-from headstart.transfer.report import write_report
+from headstart.transfer.report import RouteCost, break_even, write_report
 
 TRUTH = PowerLaw(asymptote=0.9, scale=1.2, exponent=0.5)
 BUDGETS = [50, 100, 200, 500, 1000, 2000]
@@ -77,7 +77,7 @@ def test_the_report_forecasts_labels_to_target_backtests_and_reads_efficiency_of
     inits = {"scratch": "scratch", "pretrained": "scratch"}  # the first from scratch is the baseline
     config = StudyConfig(inits=inits, budgets=[100, 300, 1000, 3000])
     report = write_report(tmp_path, config, "", references=None).read_text()
-    section = report[report.index("## Forecast") : report.index("## Compute")]
+    section = report[report.index("## Forecast") : report.index("## Pay-off")]
     assert "labels to reach" in section and "30,000 labels" in section
     pretrained_row = next(line for line in section.splitlines() if line.startswith("| pretrained | 9"))
     backtested = pretrained_row.split("at 3,000: error ")[1]  # the 3,000-label cells, forecast from the other three
@@ -89,3 +89,29 @@ def test_the_report_forecasts_labels_to_target_backtests_and_reads_efficiency_of
     write_results(tmp_path, {"pretrained": pretrained, "scratch": scratch}, [100, 1000])
     fewer = write_report(tmp_path, replace(config, budgets=[100, 1000]), "", references=None).read_text()
     assert "Not fitted: a learning curve needs at least 3 budgets per init." in fewer
+
+
+def test_break_even_label_price_on_a_hand_computed_case():
+    scratch = RouteCost(labels=4000, flops=1e12, money=0.5)
+    pretrained = RouteCost(labels=1000, flops=4e15, money=30.5)  # 30 more in compute, 3,000 labels fewer
+    assert break_even(pretrained, scratch, priced=True) == "pays above 0.01 per label (saves 3,000 labels)"
+    assert break_even(pretrained, scratch, priced=False) == "1.33e+12 extra FLOPs per label saved (3,000 labels saved)"
+    never = RouteCost(labels=math.inf, flops=0.0, money=0.0)
+    assert break_even(pretrained, never, priced=True).startswith("pays at any label price")
+    assert break_even(never, scratch, priced=True) == "never reaches the target on its fitted curve"
+    more = RouteCost(labels=5000, flops=1e15, money=9.0)
+    assert break_even(more, scratch, priced=True) == "never: it needs 1,000 more labels than scratch"
+
+
+def test_the_report_prices_the_routes_to_the_target(tmp_path):
+    write_results(tmp_path, {"scratch": PowerLaw(0.9, 2.0, 0.5), "semi": PowerLaw(0.9, 0.6, 0.5)}, [100, 300, 1000])
+    config = StudyConfig(inits={"scratch": "scratch", "semi": "scratch"}, budgets=[100, 300, 1000],
+                         target=0.85, cost=CostConfig(label=2.0, cpu_hour=0.5))  # fmt: skip
+    report = write_report(tmp_path, config, "", references=None).read_text()
+    section = report[report.index("## Pay-off") : report.index("## Compute")]
+    assert "labels at 2 each" in section and "0.5 per CPU-hour" in section
+    row = next(line for line in section.splitlines() if line.startswith("| semi |"))
+    labels = float(row.split("|")[2].replace(",", ""))
+    assert 100 < labels < 250  # (0.6 / 0.05)² = 144 on the true curve
+    assert float(row.split("|")[5].replace(",", "")) == pytest.approx(2.0 * labels, rel=0.01)  # no compute priced
+    assert "- `semi`: pays at any label price: it saves" in section

@@ -388,6 +388,19 @@ class FinetuneConfig:
 
 
 @dataclass
+class CostConfig:
+    """Prices that turn a study's labels and compute into money; 0: not given."""
+
+    label: float = 0.0  # price of one labelled example
+    cpu_hour: float = 0.0  # price of an hour of the CPU machine that pretrained and fine-tuned
+    gpu_hour: float = 0.0  # price of an hour of a GPU (runs whose device was cuda)
+
+    def problems(self) -> list[str]:
+        return [*_at_least("cost.label", self.label, 0), *_at_least("cost.cpu_hour", self.cpu_hour, 0),
+                *_at_least("cost.gpu_hour", self.gpu_hour, 0)]  # fmt: skip
+
+
+@dataclass
 class StudyConfig:
     """A transfer study: inits × label budgets × seeds on one task, every cell a normal fine-tune.
 
@@ -423,6 +436,7 @@ class StudyConfig:
     sweep_max_budget: dict[str, int] = field(default_factory=dict)
     reference_text: list[str] = field(default_factory=list)  # unlabelled text for the skip-gram reference
     target: float = 0.0  # metric for steps-to-target; 0: what scratch reaches with the largest budget
+    cost: CostConfig = field(default_factory=CostConfig)  # prices for the report's pay-off; none: labels and FLOPs
     run: RunConfig = field(default_factory=lambda: RunConfig(name="study"))
 
     def problems(self) -> list[str]:

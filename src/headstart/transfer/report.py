@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,9 @@ def write_report(run_dir: Path, config: StudyConfig, architecture: str, referenc
         lines += steps_to_target_rows(table, config, budgets, run_dir / "runs", metric, target, why)
         lines += ["", "![metric against fine-tuning step](metric_vs_step.png)", ""]
 
-    lines += forecast_section(table, config, metric, scratch)
+    fits = fitted_curves(table, metric)
+    lines += forecast_section(table, config, metric, scratch, fits)
+    lines += payoff_section(table, config, scratch, fits, references)
     lines += compute_section(table, config, references)
     lines += ["## What each init was given and chose", "",
               "Sweep (the same for every fine-tuned init): " + "; ".join(f"`{n}`: {' '.join(o) or 'recipe defaults'}"
@@ -256,34 +259,55 @@ def steps_to_target_rows(
     return lines
 
 
+def top_of(metric: str) -> float:
+    """The metric's top: 1 for fractions, 100 for BLEU."""
+    return 100.0 if metric == "bleu" else 1.0
+
+
+def seed_values(table: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, dict[int, list[float]]]:
+    return {init: {budget: [c["value"] for c in cells] for budget, cells in by_budget.items()}
+            for init, by_budget in table.items()}  # fmt: skip
+
+
+def fitted_curves(table: dict[str, dict[int, list[dict[str, Any]]]], metric: str) -> dict[str, Forecast]:
+    """A learning curve per init with enough budgets; an init whose fit fails is left out."""
+    fits = {}
+    for init, by_budget in seed_values(table).items():
+        if len(by_budget) >= MIN_BUDGETS:
+            try:
+                fits[init] = forecast(by_budget, top_of(metric))
+            except RuntimeError:  # least squares found no curve: the report says it was not fitted
+                continue
+    return fits
+
+
+def forecast_target(table: dict[str, dict[int, list[dict[str, Any]]]], config: StudyConfig) -> tuple[float, str]:
+    """The study's ``target``, or the best mean any init measured; and why it is the target."""
+    if config.target:
+        return config.target, "set in the study"
+    best = max(statistics.fmean(v) for by_budget in seed_values(table).values() for v in by_budget.values())
+    return best, "the best mean measured"
+
+
 def labels_shown(labels: float) -> str:
     return "never" if math.isinf(labels) else f"{labels:,.0f}"
 
 
 def forecast_section(
-    table: dict[str, dict[int, list[dict[str, Any]]]], config: StudyConfig, metric: str, scratch: str | None
+    table: dict[str, dict[int, list[dict[str, Any]]]],
+    config: StudyConfig,
+    metric: str,
+    scratch: str | None,
+    fits: dict[str, Forecast],
 ) -> list[str]:
     """Per init with enough budgets: the fitted learning curve, the labels it needs to reach the
     target, the label efficiency it implies beyond the measured budgets, and the backtest."""
-    shown = scale(metric)  # fractions are shown as percentages
-    ceiling = 100.0 if metric == "bleu" else 1.0  # the metric's top
-    values = {
-        init: {budget: [c["value"] for c in cells] for budget, cells in by_budget.items()}
-        for init, by_budget in table.items()
-    }
-    fits: dict[str, Forecast] = {}
-    for init, by_budget in values.items():
-        if len(by_budget) >= MIN_BUDGETS:
-            try:
-                fits[init] = forecast(by_budget, ceiling)
-            except RuntimeError:  # least squares found no curve: the init is left out, and said to be
-                continue
+    shown, ceiling = scale(metric), top_of(metric)
+    values = seed_values(table)
     lines = ["## Forecast", ""]
     if not fits:
         return [*lines, f"Not fitted: a learning curve needs at least {MIN_BUDGETS} budgets per init.", ""]
-    best = max(statistics.fmean(v) for by_budget in values.values() for v in by_budget.values())
-    target = config.target or best
-    why = "set in the study" if config.target else "the best mean measured"
+    target, why = forecast_target(table, config)
     largest = max(b for by_budget in values.values() for b in by_budget)
     lines += [f"Each init's {metric} against labels n, fitted as a − b·n^(−c) on every seed's point; 95% intervals "
               "from a bootstrap of the fit's residuals. The backtest fits again without the largest budget and "
@@ -322,6 +346,98 @@ def forecast_section(
     if skipped:
         lines += ["", "Not fitted (fewer than 3 budgets, or no curve found): " + ", ".join(f"`{i}`" for i in skipped)]
     return [*lines, ""]
+
+
+@dataclass(frozen=True)
+class RouteCost:
+    """What reaching the target costs one init: labels, and the compute before and after them."""
+
+    labels: float  # forecast; inf: its curve never gets there
+    flops: float  # pretraining (ancestors included) and one fine-tuning sweep
+    money: float  # the compute priced by the study's cost.*_hour; 0 without prices
+
+
+def route_cost(
+    init: str, cells: list[dict[str, Any]], labels: float, config: StudyConfig, references: References
+) -> RouteCost:
+    source, cost = config.inits[init], config.cost
+    price = {"cpu": cost.cpu_hour, "cuda": cost.gpu_hour}
+    pre_flops, hours = 0.0, 0.0
+    if source not in ("scratch", "skipgram", *REFERENCES):
+        folder = ckpt.resolve_checkpoint(source)
+        runs = [read_json(folder / "compute.json") or {}, *(read_json(folder / LINEAGE) or [])]
+        pre_flops = pretraining_cost(source, references)[0]
+        hours = sum((r.get("wall_seconds") or 0.0) / 3600 * price[device_kind(r.get("device"))] for r in runs)
+    sweep_flops = statistics.fmean(c.get("sweep_flops", 0.0) for c in cells)
+    tune_hours = statistics.fmean(
+        c.get("sweep_seconds", 0.0) / 3600 * price[device_kind(c.get("device"))] for c in cells
+    )
+    return RouteCost(labels, pre_flops + sweep_flops, hours + tune_hours)
+
+
+def device_kind(device: str | None) -> str:
+    """``cuda`` for any CUDA device (``cuda:0``), else ``cpu``: which hourly price applies."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def payoff_section(
+    table: dict[str, dict[int, list[dict[str, Any]]]],
+    config: StudyConfig,
+    scratch: str | None,
+    fits: dict[str, Forecast],
+    references: References,
+) -> list[str]:
+    """Per init: what reaching the target costs in labels, FLOPs and (with prices) money; and
+    the label price above which its route beats scratch's."""
+    if not fits:
+        return []
+    target, why = forecast_target(table, config)
+    cost, priced = config.cost, bool(config.cost.cpu_hour or config.cost.gpu_hour)
+    routes = {
+        init: route_cost(init, [c for cells in table[init].values() for c in cells], fit.labels_for(target)[0],
+                         config, references)
+        for init, fit in fits.items()
+    }  # fmt: skip
+    lines = ["## Pay-off", "",
+             f"What reaching the target ({why}) costs each init: the forecast's labels, and its compute — "
+             "pretraining (earlier runs included) and one fine-tuning sweep (the mean over its cells)"
+             + (f", priced at {cost.cpu_hour:g} per CPU-hour and {cost.gpu_hour:g} per GPU-hour" if priced else "")
+             + (f"; labels at {cost.label:g} each" if cost.label else "") + ".", "",
+             "| init | labels | compute FLOPs | " + ("compute cost | " if priced else "")
+             + ("total cost | " if cost.label else "") + "|", "|---|---|---|" + ("---|" if priced else "")
+             + ("---|" if cost.label else "")]  # fmt: skip
+    for init, route in routes.items():
+        cells = [labels_shown(route.labels), f"{route.flops:.3g}"]
+        if priced:
+            cells.append(f"{route.money:,.2f}")
+        if cost.label:
+            cells.append("—" if math.isinf(route.labels) else f"{route.labels * cost.label + route.money:,.2f}")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    if scratch in routes:
+        base = routes[scratch]
+        lines += ["", f"Break-even against `{scratch}`: the label price above which an init's route to the target "
+                  "costs less than scratch's (its extra compute over the labels it saves)" + ("" if priced else
+                  "; without prices, the extra FLOPs per label saved") + ".", ""]  # fmt: skip
+        for init, route in routes.items():
+            if init == scratch:
+                continue
+            lines.append(f"- `{init}`: {break_even(route, base, priced)}")
+    return [*lines, ""]
+
+
+def break_even(route: RouteCost, scratch: RouteCost, priced: bool) -> str:
+    if math.isinf(route.labels):
+        return "never reaches the target on its fitted curve"
+    if math.isinf(scratch.labels):
+        return "pays at any label price: scratch's curve never reaches the target"
+    saved = scratch.labels - route.labels
+    if saved <= 0:
+        return f"never: it needs {-saved:,.0f} more labels than scratch"
+    extra = (route.money - scratch.money) if priced else (route.flops - scratch.flops)
+    if extra <= 0:
+        return f"pays at any label price: it saves {saved:,.0f} labels and costs no more compute"
+    return (f"pays above {extra / saved:,.4g} per label (saves {saved:,.0f} labels)" if priced
+            else f"{extra / saved:.3g} extra FLOPs per label saved ({saved:,.0f} labels saved)")  # fmt: skip
 
 
 def compute_section(

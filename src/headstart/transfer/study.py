@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from headstart.errors import HeadstartError, Interrupted
 from headstart.files import write_text_atomic
 from headstart.readouts import READOUTS
 from headstart.train import checkpoint as ckpt
+from headstart.train.device import pick_device
 from headstart.transfer.reference import REFERENCES, References
 from headstart.transfer.report import write_report
 from headstart.transfer.results import append_line, read_results
@@ -162,6 +164,7 @@ def finetune_cell(
         "flops": best.flops,
         "sweep_flops": sum(r.flops for r, _ in candidates.values()),
         "run": run_name,
+        "device": pick_device(run_config.train.device).type,
         **best.metrics,
     }
 
@@ -214,9 +217,10 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
     console.print(f"study {run_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     for number, (budget, seed, init) in enumerate(todo, start=1):
         source = config.inits[init]
+        started = time.perf_counter()
         try:
             if source in REFERENCES:
-                cell = references.cell(source, budget, seed)
+                cell = {**references.cell(source, budget, seed), "device": "cpu"}
             else:
                 cell = finetune_cell(config, init, source, architecture, budget, seed, run_dir / "runs")
         except KeyboardInterrupt as stop:
@@ -226,8 +230,9 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
                 f"{done_now} of {len(cells)} cells are saved; rerun the same command to go on"
             ) from stop
         metric = cell.pop("metric")
-        record = {"init": init, "task": task_name(base.task.train), "budget_asked": budget,
-                  "seed": seed, "metric": metric, "value": cell[metric], **cell}  # fmt: skip
+        record = {"init": init, "task": task_name(base.task.train), "budget_asked": budget, "seed": seed,
+                  "metric": metric, "value": cell[metric], **cell,
+                  "sweep_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
         append_line(results_path, record)
         console.print(
             f"[{number}/{len(todo)}] {init} · {record['budget']} labels · seed {seed}: "

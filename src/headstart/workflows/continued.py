@@ -38,6 +38,8 @@ def lineage_of(folder: Path) -> list[dict[str, Any]]:
         "data": data.get("shards") or data.get("images"),
         "steps": compute.get("steps"),
         "flops": compute.get("flops"),
+        "wall_seconds": compute.get("wall_seconds"),
+        "device": compute.get("device"),
     }
     return [entry, *(read_json(folder / LINEAGE) or [])]
 

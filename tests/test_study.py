@@ -8,8 +8,9 @@ import yaml
 from headstart import api
 from headstart.errors import HeadstartError
 from headstart.train.checkpoint import resolve_checkpoint
+from headstart.transfer.pilot import ladder
 from headstart.transfer.report import mean_and_interval
-from headstart.transfer.study import differs_from
+from headstart.transfer.study import differs_from, level_fits
 
 
 @pytest.fixture
@@ -213,3 +214,33 @@ def test_a_candidate_an_init_setting_makes_identical_to_another_runs_once(tmp_pa
     assert [(r["budget"], set(r["sweep_val"])) for r in capped] == [(20, {"probe"}), (60, {"lr"})]
     with pytest.raises(HeadstartError, match="no sweep candidate runs at budget 60"):
         api.transfer(str(path), ["budgets=[60]", "sweep_max_budget={probe: 20, lr: 20}", "run.name=none"])
+
+
+def test_the_next_budget_runs_only_if_its_cells_fit_in_the_time_left():
+    assert level_fits([], cells_next=8, left=1.0)  # nothing timed yet: the first budget always runs
+    assert level_fits([[10.0, 10.0]], cells_next=4, left=40.0) and not level_fits([[10.0]], cells_next=4, left=39.0)
+    # two budgets timed: the next one's cells are taken to grow by the same ratio (2× here)
+    assert level_fits([[5.0], [10.0]], cells_next=2, left=40.0) and not level_fits([[5.0], [10.0]], 2, left=39.0)
+
+
+def test_pilot_ladder_stops_at_half_the_examples():
+    assert ladder(50, 1000) == [50, 100, 200, 400]
+    with pytest.raises(HeadstartError, match="--smallest 200: a task of 1,000 examples leaves fewer than 3 budgets"):
+        ladder(200, 1000)
+
+
+def test_pilot_runs_budgets_smallest_first_forecasts_and_gives_a_verdict(tmp_path, encoder, tiny_shards, write_task):
+    path = study_yaml(write_task, tmp_path, encoder, tiny_shards.parent / "corpus.txt")
+    overrides = [f"inits={{pretrained: {encoder}, scratch: scratch}}", "sweep={lr: [optim.lr=3e-3]}", "seeds=2"]
+    pilot = api.pilot(str(path), minutes=10, forecast_at=100, smallest=8, overrides=overrides)
+    records = [json.loads(x) for x in (pilot.parent / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["budget"] for r in records}) == [8, 16, 32]  # doubling up to half of the 120 examples
+    assert [r["budget"] for r in records] == sorted(r["budget"] for r in records)  # smallest first
+    text = pilot.read_text()
+    assert "| pretrained |" in text and "| scratch |" in text and "at 100 labels (forecast)" in text
+    assert "`pretrained` against `scratch` at 100 labels: pretraining **" in text
+    assert "## Forecast" in (pilot.parent / "report.md").read_text()
+    # with no time left after the first budget, the pilot stops there and says it cannot forecast
+    short = api.pilot(str(path), minutes=1e-6, forecast_at=100, smallest=8, overrides=[*overrides, "run.name=short"])
+    assert {json.loads(x)["budget"] for x in (short.parent / "results.jsonl").read_text().splitlines()} == {8}
+    assert "no verdict" in short.read_text()

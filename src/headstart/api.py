@@ -79,6 +79,22 @@ def transfer(study: str | StudyConfig, overrides: Overrides = None, console: Con
     return run_study(config, console=console) / "report.md"
 
 
+def pilot(
+    study: str | StudyConfig,
+    minutes: float,
+    forecast_at: int = 2000,
+    smallest: int = 50,
+    overrides: Overrides = None,
+    console: Console | None = None,
+) -> Path:
+    """A study sized to ``minutes``: budgets doubling from ``smallest`` until the time is up, then
+    each init's forecast at ``forecast_at`` labels and whether pretraining pays; returns pilot.md."""
+    from headstart.transfer.pilot import run_pilot
+
+    config = study if isinstance(study, StudyConfig) else load_config(StudyConfig, study, overrides)
+    return run_pilot(config, minutes, forecast_at, smallest, console=console)
+
+
 def evaluate(
     checkpoint: str | Path,
     data: list[str] | None = None,

@@ -22,6 +22,7 @@ examples:
   headstart pretrain simclr-fmnist train.steps=500
   headstart finetune sst2 init=runs/mlm-corpus budget=500
   headstart transfer study.yaml                          # inits × label budgets × seeds → report.md + plots
+  headstart pilot study.yaml --minutes 20                # does pretraining pay here? forecast at 2,000 labels
   headstart evaluate runs/clm-corpus --data data/corpus
   headstart generate runs/clm-corpus --prompt "def main(" --max-new-tokens 80
   headstart fill-mask runs/mlm-corpus --text "the <mask> sat on the mat"
@@ -132,6 +133,21 @@ def _transfer_arguments(verbs: Subparsers) -> None:
         "results.jsonl, report.md and PNG plots. Rerunning skips the cells already finished.",
     )
     p.add_argument("study", help="a study YAML file")
+    _add_overrides(p, StudyConfig)
+
+
+def _pilot_arguments(verbs: Subparsers) -> None:
+    p = verbs.add_parser(
+        "pilot",
+        help="a study sized to a wall-time budget: does pretraining pay here, and how many labels will it take?",
+        description="Runs the study's inits over budgets doubling from --smallest, 3 seeds, smallest first, and "
+        "stops before a budget that would not finish in --minutes; then forecasts each init's learning curve at "
+        "--forecast-at labels with a 95% interval and says whether pretraining pays there (pilot.md).",
+    )
+    p.add_argument("study", help="a study YAML file: its checkpoint and scratch inits, sweep and task")
+    p.add_argument("--minutes", type=float, required=True, help="wall-time budget for the whole pilot")
+    p.add_argument("--forecast-at", type=int, default=2000, help="the label budget to forecast (default 2,000)")
+    p.add_argument("--smallest", type=int, default=50, help="the first budget of the ladder (default 50)")
     _add_overrides(p, StudyConfig)
 
 
@@ -343,6 +359,14 @@ def _transfer(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _pilot(args: argparse.Namespace, console: Console) -> int:
+    from headstart import api
+
+    path = api.pilot(args.study, args.minutes, args.forecast_at, args.smallest, args.overrides, console=console)
+    console.print(f"pilot: {path}", highlight=False)
+    return 0
+
+
 def _evaluate(args: argparse.Namespace, console: Console) -> int:
     from headstart import api
 
@@ -451,6 +475,7 @@ VERBS: dict[str, Verb] = {
     "pretrain": Verb(_pretrain_arguments, _pretrain),
     "finetune": Verb(_finetune_arguments, _finetune),
     "transfer": Verb(_transfer_arguments, _transfer),
+    "pilot": Verb(_pilot_arguments, _pilot),
     "evaluate": Verb(_evaluate_arguments, _evaluate),
     "generate": Verb(_generate_arguments, _generate),
     "fill-mask": Verb(_fill_mask_arguments, _fill_mask),

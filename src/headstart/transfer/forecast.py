@@ -40,7 +40,8 @@ class PowerLaw:
             return math.inf
         if self.scale <= 0:
             return 1.0
-        return (self.scale / (self.asymptote - target)) ** (1.0 / self.exponent)
+        log_labels = (math.log(self.scale) - math.log(self.asymptote - target)) / self.exponent
+        return math.inf if log_labels > 700 else math.exp(log_labels)  # a flat curve: beyond any count
 
 
 def _curve(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:

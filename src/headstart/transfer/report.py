@@ -398,14 +398,14 @@ def payoff_section(
                          config, references)
         for init, fit in fits.items()
     }  # fmt: skip
+    columns = ["init", "labels", "compute FLOPs", *(["compute cost"] if priced else []),
+               *(["total cost"] if cost.label else [])]  # fmt: skip
     lines = ["## Pay-off", "",
              f"What reaching the target ({why}) costs each init: the forecast's labels, and its compute — "
              "pretraining (earlier runs included) and one fine-tuning sweep (the mean over its cells)"
              + (f", priced at {cost.cpu_hour:g} per CPU-hour and {cost.gpu_hour:g} per GPU-hour" if priced else "")
              + (f"; labels at {cost.label:g} each" if cost.label else "") + ".", "",
-             "| init | labels | compute FLOPs | " + ("compute cost | " if priced else "")
-             + ("total cost | " if cost.label else "") + "|", "|---|---|---|" + ("---|" if priced else "")
-             + ("---|" if cost.label else "")]  # fmt: skip
+             "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]  # fmt: skip
     for init, route in routes.items():
         cells = [labels_shown(route.labels), f"{route.flops:.3g}"]
         if priced:

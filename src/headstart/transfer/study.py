@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -186,8 +187,20 @@ def count_train(task: TaskConfig) -> int:
     return sum(1 for _ in iter_task_records(task.train))
 
 
-def run_study(config: StudyConfig, console: Console | None = None) -> Path:
-    """Run every missing cell, then write the report; returns the study directory."""
+def level_fits(seconds_by_level: list[list[float]], cells_next: int, left: float) -> bool:
+    """Whether the next budget's ``cells_next`` cells fit in ``left`` seconds, judged by the
+    cells timed so far at smaller budgets: the last budget's mean cell, grown by the ratio
+    between the last two budgets' means where there are two (larger budgets train longer)."""
+    timed = [statistics.fmean(level) for level in seconds_by_level if level]
+    if not timed:
+        return True
+    growth = max(1.0, timed[-1] / timed[-2]) if len(timed) > 1 else 1.0
+    return timed[-1] * growth * cells_next <= left
+
+
+def run_study(config: StudyConfig, console: Console | None = None, deadline: float | None = None) -> Path:
+    """Run every missing cell, then write the report; returns the study directory. ``deadline``
+    (a ``time.monotonic()`` value): stop before a budget whose cells would not finish by then."""
     console = console or Console(stderr=True)
     architecture = check_inits(config)
     base = load_config(FinetuneConfig, config.finetune, config.settings)
@@ -215,7 +228,14 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
              for i in config.inits]  # fmt: skip
     todo = [c for c in cells if (c[2], c[0], c[1]) not in done]
     console.print(f"study {run_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+    seconds_by_level: dict[int, list[float]] = {}
     for number, (budget, seed, init) in enumerate(todo, start=1):
+        if deadline is not None and budget not in seconds_by_level:
+            cells_next = sum(1 for cell in todo if cell[0] == budget)
+            if not level_fits(list(seconds_by_level.values()), cells_next, deadline - time.monotonic()):
+                console.print(f"the time is up: {budget or 'all'} labels and larger budgets are left out")
+                break
+            seconds_by_level[budget] = []
         source = config.inits[init]
         started = time.perf_counter()
         try:
@@ -234,6 +254,7 @@ def run_study(config: StudyConfig, console: Console | None = None) -> Path:
                   "metric": metric, "value": cell[metric], **cell,
                   "sweep_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
         append_line(results_path, record)
+        seconds_by_level.setdefault(budget, []).append(record["sweep_seconds"])
         console.print(
             f"[{number}/{len(todo)}] {init} · {record['budget']} labels · seed {seed}: "
             f"{metric} {record['value']:.3f} ({record['chosen']})",

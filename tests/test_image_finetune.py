@@ -13,8 +13,15 @@ from headstart.readouts import distill as distill_module
 from headstart.tasks.image import ImageClassifyTask, roc_auc
 from headstart.transfer.reference import pixel_features
 
-TINY = ["train.steps=30", "train.eval_every=10", "train.batch_size=16", "train.precision=fp32", "optim.lr=3e-3",
-        "readout=finetune", "head_init=random"]  # plain fine-tuning unless a test names another read-out
+TINY = [
+    "train.steps=30",
+    "train.eval_every=10",
+    "train.batch_size=16",
+    "train.precision=fp32",
+    "optim.lr=3e-3",
+    "readout=finetune",
+    "head_init=random",
+]  # plain fine-tuning unless a test names another read-out
 
 
 def finetune(tmp_path, images, init, *extra):

@@ -147,6 +147,16 @@ CASES = [
     ("transfer-negative-budget", lambda f: ["transfer", str(f["root"] / "study.yaml")], "budgets"),
     ("transfer-typo", lambda f: ["transfer", str(f["root"] / "study-typo.yaml")], "initz"),
     (
+        "pilot-no-time",
+        lambda f: ["pilot", str(f["root"] / "study.yaml"), "--minutes", "0", "budgets=[100]"],
+        "--minutes 0",
+    ),
+    (
+        "pilot-forecast-at-zero",
+        lambda f: ["pilot", str(f["root"] / "study.yaml"), "--minutes", "5", "--forecast-at", "0", "budgets=[100]"],
+        "--forecast-at 0",
+    ),
+    (
         "embed-missing-checkpoint",
         lambda f: ["embed", str(f["root"] / "gone"), str(f["root"] / "corpus.txt"), "--out", str(f["out"] / "e.npy")],
         "gone",

@@ -37,6 +37,7 @@ def test_help_lists_every_verb():
         "embed",
         "mismatch",
         "plan",
+        "pilot",
         "quickstart",
     ):
         assert verb in result.stdout
@@ -55,6 +56,8 @@ def test_user_errors_are_one_line(tmp_path):
     bad_json.write_text('{"text": "fine"}\n{"text": broken\n')
     assert_one_line_error(headstart("prepare", str(bad_json), "--out", str(tmp_path / "o")), "bad.jsonl:2")
     assert_one_line_error(headstart("pretrain", "gpt-tiny", "model.n_layr=2"), "n_layer")
+    # overrides after a flag are overrides too, not "unrecognized arguments"
+    assert_one_line_error(headstart("pretrain", "gpt-tiny", "--quiet", "model.n_layr=2"), "n_layer")
     assert_one_line_error(headstart("pretrain", "gpt-tiny", "data.shards=" + str(tmp_path)), "meta.json")
     assert_one_line_error(headstart("evaluate", str(tmp_path / "nope")), "no such file")
 

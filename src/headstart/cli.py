@@ -431,11 +431,24 @@ def _quickstart(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def parse_with_overrides_anywhere(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, taking ``section.field=value`` overrides after the flags too (``pretrain
+    gpt-tiny --minutes 5 train.seed=1``), which argparse leaves over once a flag has ended the
+    positionals; anything else left over is an error, as argparse would say."""
+    args, rest = parser.parse_known_args(argv)
+    stray = [item for item in rest if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    return args
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     from headstart.train.distributed import leave, process_rank
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_overrides_anywhere(parser, argv)
     console = Console(stderr=True, quiet=process_rank() > 0)  # under torchrun, rank 0 speaks for all
     if args.verb is None:
         parser.print_help()

@@ -70,6 +70,8 @@ def run_pilot(
     console = console or Console(stderr=True)
     if minutes <= 0:
         raise HeadstartError(f"--minutes {minutes}: expected a positive wall-time budget")
+    if forecast_at < 1:
+        raise HeadstartError(f"--forecast-at {forecast_at}: expected a label count of at least 1")
     deadline = time.monotonic() + 60 * minutes
     base = load_config(FinetuneConfig, config.finetune, config.settings)
     budgets = ladder(smallest, count_train(base.task))

@@ -8,15 +8,17 @@ batch 16, from the same shards:
   to a tenth), in headstart's loop;
 - ``trainer``: transformers' ``Trainer`` with its defaults (AdamW lr 5e-5, β2 0.999, no weight
   decay, linear decay without warmup) on the same GPT2LMHeadModel.
-Each headstart variant (``gpt-tiny``'s defaults, skip-gram warm start included in its time;
-``muon``: the same with ``optim.name=muon``) trains for ``--headstart-minutes``, its schedule
-planned to finish there. Every run is scored on the same validation windows about once a
-minute of training, and each precision is the one the machine's probe picks (bf16 where its
-matmul is faster). A headstart variant's time to a baseline's final loss is the wall time of
-its first evaluation at or below it, warm start and evaluations included, as for the baselines.
+Each headstart variant trains as ``headstart pretrain gpt-tiny --minutes M`` would
+(``--headstart-minutes``, skip-gram warm start included): ``default`` is gpt-tiny's defaults,
+other variants join changes with "+" (``random``: no warm start; ``muon``; ``wsd``; ``qknorm``;
+``lr2x``; ``compile``; see CHANGES). Every run is scored on the same validation windows about
+once a minute of training, and each precision is the one the machine's probe picks (bf16 where
+its matmul is faster). A headstart variant's time to a baseline's final loss is the wall time of
+its first evaluation at or below it, warm start and evaluations included, as for the baselines;
+where it never gets there, the baseline's time to the variant's final loss is the ratio reported.
 The last line printed is one JSON object with every figure and ``speedup`` per baseline.
 
-    python benchmarks/time_to_loss.py [--baseline-minutes 20] [--headstart-minutes 5]
+    python benchmarks/time_to_loss.py [--baseline-minutes 20] [--headstart-minutes 5] [--variants default,random+muon]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, hf_gpt2, machine, wikitext_bpe8k
-from headstart.config import PretrainConfig, load_config, to_dict
+from headstart.config import PretrainConfig, load_config, merge, to_dict
 from headstart.data.shards import open_shards
 from headstart.data.windows import eval_windows
 from headstart.objectives.clm import CausalLM
@@ -42,7 +44,7 @@ from headstart.train.device import pick_precision
 from headstart.train.flops import train_flops_per_token
 from headstart.train.loop import Job, Outputs, train_loop
 from headstart.train.validate import evaluate_windows
-from headstart.workflows.pretrain import pretrain, steps_for_minutes
+from headstart.workflows.pretrain import pretrain, seconds_per_step
 from headstart.workflows.pretrain_data import TrainWindows
 
 VAL_WINDOWS = 128  # 33k tokens: scored about once a minute, a few % of the training time
@@ -51,7 +53,15 @@ NANOGPT = {
     "schedule": {"kind": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
     "embeddings": {"init": "random"},
 }
-HEADSTART = {"default": {}, "muon": {"optim": {"name": "muon"}}}
+# A headstart variant is `default` or changes to gpt-tiny's defaults joined by "+", e.g. muon+wsd.
+CHANGES: dict[str, dict[str, Any]] = {
+    "random": {"embeddings": {"init": "random"}},  # no skip-gram warm start
+    "muon": {"optim": {"name": "muon"}},
+    "wsd": {"schedule": {"kind": "wsd", "decay_fraction": 0.3}},
+    "qknorm": {"model": {"qk_norm": True}},
+    "lr2x": {"optim": {"lr": 2e-3}},
+    "compile": {"train": {"compile": True}},
+}
 
 
 class GPT2Adapter(torch.nn.Module):
@@ -90,12 +100,21 @@ def curve_of(metrics: Path) -> list[dict[str, float]]:
     ]
 
 
-def run_headstart(shards: Path, name: str, extra: dict[str, Any], minutes: float) -> dict[str, Any]:
-    config = base_config(shards, f"ttl-{name}", extra)
-    config.train.steps = steps_for_minutes(config, minutes)
-    every_minute(config, minutes)
-    pretrain(config, quiet=True)
-    return {"steps": config.train.steps, "curve": curve_of(CACHE / config.run.name / "metrics.jsonl")}
+def variant_settings(variant: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for change in [] if variant == "default" else variant.split("+"):
+        if change not in CHANGES:
+            raise SystemExit(f"--variants: {change!r} is not one of default, {', '.join(CHANGES)}")
+        settings = merge(settings, CHANGES[change])
+    return settings
+
+
+def run_headstart(shards: Path, variant: str, minutes: float) -> dict[str, Any]:
+    """One headstart variant with ``--minutes`` as a user would run it: the warm start counts."""
+    config = base_config(shards, f"ttl-{variant}", variant_settings(variant))
+    config.train.eval_every = max(10, round(60 / seconds_per_step(config)))  # about once a minute
+    result = pretrain(config, quiet=True, minutes=minutes)
+    return {"steps": result.step, "curve": curve_of(CACHE / config.run.name / "metrics.jsonl")}
 
 
 def run_nanogpt(shards: Path, minutes: float) -> dict[str, Any]:
@@ -181,14 +200,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-minutes", type=float, default=20.0)
     parser.add_argument("--headstart-minutes", type=float, default=5.0)
-    parser.add_argument("--variants", default="default,muon", help=f"headstart variants: {','.join(HEADSTART)}")
+    parser.add_argument(
+        "--variants", default="default,random,random+muon", help=f"comma-separated; each default or {'+'.join(CHANGES)}"
+    )
     args = parser.parse_args()
     shards = wikitext_bpe8k()
     facts = machine()
     bf16 = pick_precision("auto", torch.device("cpu")) == torch.bfloat16
     runs: dict[str, dict[str, Any]] = {}
     for variant in args.variants.split(","):
-        runs[variant] = run_headstart(shards, variant, HEADSTART[variant], args.headstart_minutes)
+        try:
+            runs[variant] = run_headstart(shards, variant, args.headstart_minutes)
+        except Exception as error:  # one failing variant (say, no compiler for `compile`) must not lose the rest
+            runs[variant] = {"error": f"{type(error).__name__}: {error}", "curve": []}
         print(json.dumps({variant: runs[variant]}))
     runs["nanogpt"] = run_nanogpt(shards, args.baseline_minutes)
     print(json.dumps({"nanogpt": runs["nanogpt"]}))
@@ -198,15 +222,20 @@ def main() -> None:
     speedup: dict[str, dict[str, Any]] = {}
     for baseline in ("nanogpt", "trainer"):
         end = runs[baseline]["curve"][-1]
-        for variant in args.variants.split(","):
+        for variant in (v for v in args.variants.split(",") if runs[v]["curve"]):
             reached = first_at_or_below(runs[variant]["curve"], end["val_loss"])
+            final = runs[variant]["curve"][-1]
+            matched = first_at_or_below(runs[baseline]["curve"], final["val_loss"])  # the baseline at our end
             speedup.setdefault(baseline, {})[variant] = {
                 "target_val_loss": round(end["val_loss"], 4),
                 "baseline_s": round(end["elapsed_s"], 1),
                 "headstart_s": round(reached["elapsed_s"], 1) if reached else None,
                 "headstart_tokens": reached["tokens"] if reached else None,
                 "speedup": round(end["elapsed_s"] / reached["elapsed_s"], 2) if reached else None,
-                "headstart_final_val_loss": round(runs[variant]["curve"][-1]["val_loss"], 4),
+                "headstart_final_val_loss": round(final["val_loss"], 4),
+                "headstart_final_s": round(final["elapsed_s"], 1),
+                "baseline_s_to_headstart_final": round(matched["elapsed_s"], 1) if matched else None,
+                "ratio_at_headstart_final": round(matched["elapsed_s"] / final["elapsed_s"], 2) if matched else None,
             }
     ratios = {b: max((v["speedup"] or 0.0 for v in s.values()), default=0.0) for b, s in speedup.items()}
     print(json.dumps({"case": "wikitext2-bpe8k-gpt-tiny", "precision_bf16": bf16, "speedup": ratios,

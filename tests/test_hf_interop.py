@@ -208,10 +208,18 @@ def test_import_refuses_what_does_not_map(field, value, exported, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("field", "value"), [("mlp", "gelu"), ("norm", "layernorm"), ("kind", "mamba")])
-def test_export_refuses_what_does_not_map(field, value, tiny_decoder, tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("mlp", "gelu", "gelu"),
+        ("norm", "layernorm", "layernorm"),
+        ("kind", "mamba", "mamba"),
+        ("qk_norm", True, "true"),
+    ],
+)
+def test_export_refuses_what_does_not_map(field, value, shown, tiny_decoder, tmp_path):
     checkpoint = write_variant(tiny_decoder, tmp_path / "checkpoints", **{field: value})
-    with pytest.raises(HeadstartError, match=f"model.{field}={value}") as error:
+    with pytest.raises(HeadstartError, match=f"model.{field}={shown}") as error:
         api.export_hf(checkpoint, tmp_path / "hf")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "hf").exists()

@@ -112,3 +112,20 @@ def test_short_bf16_attention_on_cpu_runs_in_float32_and_returns_bf16(length):
     assert torch.allclose(y.float(), want, atol=2e-2) and torch.allclose(causal.float(), want_causal, atol=2e-2)
     (y.float().sum() + causal.float().sum()).backward()
     assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+
+
+def test_qk_norm_gives_every_head_unit_rms_queries_and_keys():
+    torch.manual_seed(0)
+    model = Transformer(tiny(qk_norm=True))
+    seen = {}
+    attention = model.blocks[0].attn
+    attention.q_norm.register_forward_hook(lambda _m, _i, out: seen.setdefault("q", out))
+    attention.k_norm.register_forward_hook(lambda _m, _i, out: seen.setdefault("k", out))
+    model(torch.randint(0, 50, (2, 10))).sum().backward()
+    for name in ("q", "k"):
+        rms = seen[name].pow(2).mean(-1).sqrt()
+        assert seen[name].shape == (2, 10, 2, 16)  # (batch, length, heads, head_dim)
+        assert torch.allclose(rms, torch.ones_like(rms), atol=1e-4)
+    assert attention.q_norm.weight.grad is not None
+    plain = Transformer(tiny())
+    assert model.num_params() - plain.num_params() == 2 * 2 * 16  # two gains of head_dim per block

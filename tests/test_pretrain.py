@@ -178,3 +178,17 @@ def test_compiled_training_matches_eager_closely(tiny_shards, tmp_path):
     a, b = weights(eager), weights(compiled)
     assert a.keys() == b.keys()  # the compiled wrapper leaves no prefix in the checkpoint
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_a_minutes_budget_counts_the_skipgram_warm_start(tiny_shards, tmp_path, monkeypatch):
+    from headstart.workflows import pretrain as workflow
+
+    monkeypatch.setattr(workflow, "seconds_per_step", lambda config: 0.1)
+    warm = lambda self, model, config: (0.0, 3.0, "warm start")  # noqa: E731 (3 of the 6 seconds)
+    monkeypatch.setattr(pretrain_module.TextData, "warm_start", warm)
+    overrides = [*TINY, f"data.shards={tiny_shards}", f"run.out_dir={tmp_path}", "run.name=budget"]
+    result = api.pretrain("gpt-tiny", [*overrides, "train.eval_every=0"], minutes=0.1, quiet=True)
+    assert result.step == int(3.0 / 0.1 * 0.95)  # 28: the steps that fit what the warm start left
+    assert "steps: 28" in (tmp_path / "budget" / "config.yaml").read_text()
+    with pytest.raises(HeadstartError, match="--minutes with --resume"):
+        api.pretrain("gpt-tiny", overrides, minutes=0.1, resume=True, quiet=True)

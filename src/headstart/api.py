@@ -25,7 +25,6 @@ from headstart.train.loop import LoopResult
 from headstart.workflows.finetune import FinetuneResult
 from headstart.workflows.finetune import finetune as _finetune
 from headstart.workflows.pretrain import pretrain as _pretrain
-from headstart.workflows.pretrain import steps_for_minutes
 
 if TYPE_CHECKING:
     from headstart.plan import Plan
@@ -54,13 +53,10 @@ def pretrain(
 ) -> LoopResult:
     """Pretrain from a recipe name / YAML file / PretrainConfig, with ``section.field=value`` overrides.
 
-    ``minutes`` sets the step count to what fits that wall time here, so the schedule completes."""
+    ``minutes`` sets the step count to what fits that wall time here, the skip-gram warm start
+    included, so the schedule completes."""
     config = recipe if isinstance(recipe, PretrainConfig) else load_config(PretrainConfig, recipe, overrides)
-    if minutes:
-        if resume:
-            raise HeadstartError("--minutes with --resume: a resumed run keeps its step count")
-        config.train.steps = steps_for_minutes(config, minutes)
-    return _pretrain(config, resume=resume, console=console, quiet=quiet)
+    return _pretrain(config, resume=resume, console=console, quiet=quiet, minutes=minutes)
 
 
 def finetune(

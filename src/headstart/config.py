@@ -28,7 +28,7 @@ T = TypeVar("T")
 class ModelConfig:
     """The backbone's kind and shape. ``size`` names a transformer preset; explicit fields
     override it. ``mamba`` (causal only) reads the shared fields and its own below, not
-    ``n_head``, ``mlp``, ``mlp_hidden`` or ``rope_theta``."""
+    ``n_head``, ``mlp``, ``mlp_hidden``, ``rope_theta`` or ``qk_norm``."""
 
     kind: Literal["transformer", "mamba"] = "transformer"  # transformer (decoder or encoder) or mamba (decoder)
     size: str = ""  # a named preset (see models/transformer.py SIZES); explicit fields override it
@@ -42,6 +42,7 @@ class ModelConfig:
     mlp_hidden: int = 0  # 0: 4·n_embd for GELU, the same parameter count for SwiGLU
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"  # normalisation before each sub-block
     rope_theta: float = 10000.0  # base of the rotary position frequencies
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention (bounds the logits)
     dropout: float = 0.0  # on attention weights and residual branches while training
     tie_embeddings: bool = True  # the output head shares the token embedding
     init_std: float = 0.02  # standard deviation of the initial weights

@@ -180,6 +180,11 @@ def _check_exportable(config: PretrainConfig, folder: Path) -> None:
             f"checkpoint {folder}: model.norm={model.norm}; Llama and EuroBERT use RMSNorm only, so this model "
             "has no exact transformers counterpart"
         )
+    if model.qk_norm:
+        raise HeadstartError(
+            f"checkpoint {folder}: model.qk_norm=true; Llama and EuroBERT do not normalise queries and keys, so "
+            "this model has no exact transformers counterpart"
+        )
 
 
 def _hf_fields(config: ModelConfig, tokenizer_ids: dict[str, int]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Pre-norm blocks: RMSNorm (or LayerNorm) → multi-head self-attention with rotar
 embeddings through ``F.scaled_dot_product_attention`` → residual; RMSNorm → SwiGLU (or GELU)
 MLP → residual. Token embeddings are tied to the output projection. Weights start at
 N(0, init_std) with the residual output projections scaled by 1/sqrt(2·n_layer) so the
-residual stream's variance does not grow with depth.
+residual stream's variance does not grow with depth. ``qk_norm`` RMS-normalises each head's
+queries and keys first (as OLMo 2 and the GPT-2 speedruns do), which bounds the attention logits.
 """
 
 from __future__ import annotations
@@ -133,10 +134,15 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        head_dim = config.n_embd // config.n_head
+        self.q_norm = Norm(head_dim, "rmsnorm") if config.qk_norm else None
+        self.k_norm = Norm(head_dim, "rmsnorm") if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, width // self.n_head).unbind(2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.causal and mask is None)

@@ -5,6 +5,7 @@ one loop. What differs by modality lives in ``pretrain_data.py``; what differs b
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,20 @@ def load_continued(model: nn.Module, trained: nn.Module) -> str:
 
 
 def pretrain(
-    config: PretrainConfig, resume: bool = False, console: Console | None = None, quiet: bool = False
+    config: PretrainConfig,
+    resume: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+    minutes: float | None = None,
 ) -> LoopResult:
-    """Run (or resume) one pretraining run; returns where it ended and its last evaluation."""
+    """Run (or resume) one pretraining run; returns where it ended and its last evaluation.
+
+    ``minutes`` sets ``train.steps`` to what fits that wall time here, the skip-gram warm start
+    included, so the schedule completes within it."""
     console = console or Console(stderr=True)
+    if minutes and resume:
+        raise HeadstartError("--minutes with --resume: a resumed run keeps its step count")
+    per_step = seconds_per_step(config) if minutes else 0.0
     data = open_data(config)
     opened: Opened | None = open_checkpoint(config.init) if config.init else None
     if opened is not None:
@@ -55,6 +66,10 @@ def pretrain(
             *prior, note = data.warm_start(model, config)
             if note:
                 console.print(note, highlight=False)
+        if minutes:
+            steps = steps_within(config, minutes * 60 - prior[1], per_step)
+            config = replace(config, train=replace(config.train, steps=steps))
+            console.print(f"{steps:,} steps fit the {minutes:g} minutes here", highlight=False)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
         lineage = lineage_of(opened.folder) if opened is not None else []
@@ -107,16 +122,21 @@ def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
     return [r for r in records if "tokens_per_s" in r][-1]
 
 
-def steps_for_minutes(config: PretrainConfig, minutes: float) -> int:
-    """How many steps of ``config`` fit in ``minutes`` here, from a short timed run of the same
-    model and data, so a time budget still gets a complete schedule."""
+def seconds_per_step(config: PretrainConfig) -> float:
+    """Wall seconds of one training step of ``config`` here, from a short timed run."""
     if launched():  # every rank would time itself and plan its own schedule
         raise HeadstartError("--minutes times one process; under torchrun set train.steps instead")
     tokens_per_s = calibrate(config)["tokens_per_s"]
     train = config.train
     tokens_per_sample = 1 if config.data.images else train.seq_len  # an image counts as one
-    seconds_per_step = train.batch_size * train.grad_accum * tokens_per_sample / tokens_per_s
-    steps = int(minutes * 60 / seconds_per_step)
+    return train.batch_size * train.grad_accum * tokens_per_sample / tokens_per_s
+
+
+def steps_within(config: PretrainConfig, seconds: float, per_step: float) -> int:
+    """How many steps of ``config`` fit ``seconds`` (at least 10), its evaluations included and
+    5% to spare, so a time budget still gets a complete schedule."""
+    train = config.train
+    steps = int(seconds / per_step)
     evaluations = steps // train.eval_every if train.eval_every else 0
-    eval_seconds = evaluations * train.eval_batches * seconds_per_step / 3  # forward only
-    return max(10, int((minutes * 60 - eval_seconds) / seconds_per_step * 0.95))
+    eval_seconds = evaluations * train.eval_batches * per_step / 3  # forward only
+    return max(10, int((seconds - eval_seconds) / per_step * 0.95))

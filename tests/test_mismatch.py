@@ -60,9 +60,10 @@ def test_identical_corpora_match(tmp_path, tiny_decoder):
     assert result.proxy_a_distance is not None and result.proxy_a_distance < 0.5
     assert result.perplexity is not None and result.perplexity[0] == result.perplexity[1]
     assert result.perplexity_kind == "next-token"
-    assert not result.recommend
+    assert result.forecast is not None and result.forecast.verdict != "continue"
     bag = measure_mismatch(corpus, corpus)  # no checkpoint: the distances on bags of n-grams
-    assert bag.mmd == pytest.approx(0.0, abs=1e-6) and bag.perplexity is None and not bag.recommend
+    assert bag.mmd == pytest.approx(0.0, abs=1e-6) and bag.perplexity is None
+    assert bag.forecast is not None and bag.forecast.clamped_to is not None  # overlap 1: past every measured pair
 
 
 def test_disjoint_corpora_call_for_continued_pretraining(tmp_path, tiny_encoder):
@@ -73,12 +74,13 @@ def test_disjoint_corpora_call_for_continued_pretraining(tmp_path, tiny_encoder)
     assert result.perplexity is not None and all(math.isfinite(p) for p in result.perplexity)
     assert result.perplexity_kind.startswith("masked-LM")
     assert measure_mismatch(source, target, tiny_encoder).perplexity == result.perplexity  # masking is seeded
-    assert result.recommend
+    assert result.forecast is not None and result.forecast.verdict == "continue"
 
     out = tmp_path / "reports" / "mismatch.md"
     api.mismatch(source, target, out=out)
     report = out.read_text()
     assert "Continue pretraining on the target domain" in report and "vocabulary overlap 0.00" in report
+    assert "## What the forecast rests on" in report and "NCBI-disease" in report
     assert "fertility" not in report.split("## Recommendation")[0]  # not measured without a checkpoint
 
 

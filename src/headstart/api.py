@@ -193,14 +193,21 @@ def mismatch(
     out: str | Path | None = None,
     field: str = "text",
     text_mode: str = "line",
+    pairs: str | Path | None = None,
+    worthwhile: float = 1.0,
     console: Console | None = None,
 ) -> Mismatch:
     """How far ``target`` is from ``source`` (and, given a checkpoint, from what it learned), with a
-    recommendation on continued pretraining; ``out``: also write it as a Markdown report."""
+    recommendation on continued pretraining calibrated on measured gains (headstart's, plus the
+    YAML list ``pairs`` of your own); ``out``: also write it as a Markdown report."""
+    from headstart.transfer.adaptation_gain import MEASURED, read_pairs
     from headstart.transfer.mismatch import measure_mismatch, print_mismatch, report_lines
 
+    if not worthwhile > 0:
+        raise HeadstartError(f"--worthwhile {worthwhile}: expected a positive gain in points of the task's metric")
+    measured = read_pairs(MEASURED) + (read_pairs(pairs) if pairs is not None else [])
     options = ReadOptions(text_mode=text_mode, jsonl_field=field)  # type: ignore[arg-type]
-    result = measure_mismatch(source, target, checkpoint, options)
+    result = measure_mismatch(source, target, checkpoint, options, measured, worthwhile)
     if console is not None:
         print_mismatch(result, console)
     if out is not None:

@@ -204,7 +204,8 @@ def _mismatch_arguments(verbs: Subparsers) -> None:
         help="how far a target corpus is from the source: whether to continue pretraining on it",
         description="Vocabulary overlap of the top-10k words; with --checkpoint, tokenizer fertility, unknown "
         "rate and perplexity on both sides; the distance between their embeddings (MMD, proxy A-distance); "
-        "and a recommendation on domain-adaptive pretraining. Seeded samples, under a minute.",
+        "and a recommendation on domain-adaptive pretraining, its gain forecast from the gains measured on other "
+        "targets (add yours with --pairs). Seeded samples, under a minute.",
     )
     p.add_argument("source", help="the pretraining corpus: a text or JSONL file, a glob or a directory")
     p.add_argument("target", help="the target domain's corpus, in the same forms")
@@ -214,6 +215,8 @@ def _mismatch_arguments(verbs: Subparsers) -> None:
     p.add_argument(
         "--text-mode", default="line", choices=["line", "block", "file"], help="a document per line, block, file"
     )
+    p.add_argument("--pairs", help="a YAML list of your own measured adaptation gains, added to headstart's")
+    p.add_argument("--worthwhile", type=float, default=1.0, help="the least gain (metric points) worth a continued run")
 
 
 def _plan_arguments(verbs: Subparsers) -> None:
@@ -406,7 +409,7 @@ def _mismatch(args: argparse.Namespace, console: Console) -> int:
     from headstart import api
 
     api.mismatch(args.source, args.target, args.checkpoint, args.out, field=args.field, text_mode=args.text_mode,
-                 console=console)  # fmt: skip
+                 pairs=args.pairs, worthwhile=args.worthwhile, console=console)  # fmt: skip
     return 0
 
 

@@ -15,9 +15,12 @@ Measures, each on a seeded sample of documents from either side:
   checkpoint embeddings, or bags of n-grams without a checkpoint): MMD with a Gaussian kernel
   and the proxy A-distance of a logistic domain classifier scored on held-out documents.
 
-The recommendation reads only the overlap, perplexity, fertility and unknown-rate signals:
-a linear classifier separates almost any two corpora by style alone, so the distances say how
-different the domains look, not whether the checkpoint's knowledge fails to carry over.
+The recommendation is calibrated on measured gains: the gain continued pretraining bought on
+targets where it was tried, against their vocabulary overlap, predicts this target's gain with
+an interval (:mod:`headstart.transfer.adaptation_gain`). Overlap is the measure that ranked the
+measured gains; perplexity ranked them backwards (surface form such as lower-casing raises it),
+and a linear classifier separates almost any two corpora by style alone, so those are reported,
+not decided on. A tokenizer that splits or cannot spell the target's words is flagged apart.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ from headstart.objectives.registry import build_objective, objective_entry
 from headstart.readouts.probe import fit_logistic
 from headstart.train.checkpoint import load_pretrained
 from headstart.train.validate import evaluate_windows
+from headstart.transfer.adaptation_gain import (
+    MEASURED,
+    WORTHWHILE_GAIN,
+    GainForecast,
+    GainModel,
+    MeasuredPair,
+    leave_one_out,
+    read_pairs,
+)
 from headstart.transfer.reference import ngram_features, words
 
 SEED = 0
@@ -61,8 +73,6 @@ MIN_DISTANCE_DOCUMENTS = 8  # per side: fewer leave the classifier's held-out sp
 BOW_FEATURES = 4_096  # n-grams in the bag-of-words representation, kept dense and small
 ENCODE_BATCH = 64
 
-LOW_OVERLAP = 0.5  # DAPT paid most where under half the top-10k words were shared (Gururangan et al.: biomed, CS)
-HIGH_PERPLEXITY_RATIO = 2.0  # ln 2 ≈ 0.7 nats a token more on the target: knowledge the model lacks
 HIGH_FERTILITY_RATIO = 1.25  # target words split into a quarter more pieces: a vocabulary not built for them
 HIGH_UNKNOWN_RATE = 0.01  # over 1% of target tokens are <unk>: text the model cannot see at all
 
@@ -75,17 +85,6 @@ class Corpus:
     documents: list[str]
     read: int  # documents in the whole corpus
     counts: Counter[str]
-
-
-@dataclass(frozen=True)
-class Signal:
-    """One measure against its threshold; ``fired`` means it argues for continued pretraining."""
-
-    measure: str
-    shown: str
-    threshold: str
-    fired: bool
-    reason: str
 
 
 @dataclass
@@ -106,56 +105,18 @@ class Mismatch:
     proxy_a_distance: float | None = None
     notes: list[str] = field(default_factory=list)
 
-    def signals(self) -> list[Signal]:
-        """The measures that decide the recommendation, each against its threshold."""
-        out = [
-            Signal(
-                f"top-{self.top_k:,} vocabulary overlap",
-                f"{self.overlap:.2f}",
-                f"< {LOW_OVERLAP}",
-                self.overlap < LOW_OVERLAP,
-                "the target's frequent words are largely not the source's",
-            )
-        ]
-        if self.perplexity is not None:
-            ratio = self.perplexity[1] / self.perplexity[0]
-            out.append(
-                Signal(
-                    "target / source perplexity",
-                    f"×{ratio:.2f}",
-                    f"> ×{HIGH_PERPLEXITY_RATIO}",
-                    ratio > HIGH_PERPLEXITY_RATIO,
-                    "the checkpoint predicts the target much worse than its own domain",
-                )
-            )
-        if self.fertility is not None:
-            ratio = self.fertility[1] / self.fertility[0]
-            out.append(
-                Signal(
-                    "target / source fertility",
-                    f"×{ratio:.2f}",
-                    f"> ×{HIGH_FERTILITY_RATIO}",
-                    ratio > HIGH_FERTILITY_RATIO,
-                    "the tokenizer splits target words into more pieces (extending it may help)",
-                )
-            )
-        if self.unknown_rate is not None:
-            rate = self.unknown_rate[1]
-            out.append(
-                Signal(
-                    "target unknown-token rate",
-                    f"{rate:.2%}",
-                    f"> {HIGH_UNKNOWN_RATE:.0%}",
-                    rate > HIGH_UNKNOWN_RATE,
-                    "the tokenizer cannot spell part of the target",
-                )
-            )
-        return out
+    forecast: GainForecast | None = None  # continued pretraining's predicted gain (None: not forecast)
+    pairs: list[MeasuredPair] = field(default_factory=list)  # the measured gains the forecast was fitted on
 
-    @property
-    def recommend(self) -> bool:
-        """Continue pretraining on the target when any signal fires."""
-        return any(s.fired for s in self.signals())
+    def tokenizer_notes(self) -> list[str]:
+        """What the tokenizer does to the target, where it calls for extending it when continuing."""
+        notes = []
+        if self.fertility is not None and self.fertility[1] / self.fertility[0] > HIGH_FERTILITY_RATIO:
+            ratio = self.fertility[1] / self.fertility[0]
+            notes.append(f"the tokenizer splits the target's words into ×{ratio:.2f} the pieces of the source's")
+        if self.unknown_rate is not None and self.unknown_rate[1] > HIGH_UNKNOWN_RATE:
+            notes.append(f"{self.unknown_rate[1]:.1%} of the target's tokens are unknown to the tokenizer")
+        return notes
 
 
 # ----------------------------------------------------------------------------- reading and counting
@@ -306,13 +267,21 @@ def bag_of_ngrams(texts: list[str]) -> torch.Tensor:
 
 
 def measure_mismatch(
-    source: str, target: str, checkpoint: str | Path | None = None, options: ReadOptions | None = None
+    source: str,
+    target: str,
+    checkpoint: str | Path | None = None,
+    options: ReadOptions | None = None,
+    pairs: list[MeasuredPair] | None = None,
+    worthwhile: float = WORTHWHILE_GAIN,
 ) -> Mismatch:
-    """Sample both corpora and measure what a checkpoint (if given) makes measurable."""
+    """Sample both corpora, measure what a checkpoint (if given) makes measurable, and forecast
+    continued pretraining's gain from ``pairs`` (default: the measured ones headstart ships)."""
     options = options or ReadOptions()
     src, tgt = sample_corpus(source, options), sample_corpus(target, options)
     overlap, k = vocabulary_overlap(src.counts, tgt.counts)
-    result = Mismatch(src, tgt, overlap, k)
+    pairs = read_pairs(MEASURED) if pairs is None else pairs
+    forecast = GainModel.fit(pairs).forecast(overlap, worthwhile)
+    result = Mismatch(src, tgt, overlap, k, forecast=forecast, pairs=pairs)
     featurize = bag_of_ngrams
     if checkpoint is None:
         result.notes.append("no checkpoint: fertility, unknown rate and perplexity not measured")
@@ -378,14 +347,31 @@ def table_rows(m: Mismatch) -> list[tuple[str, str, str, str]]:
 
 
 def recommendation(m: Mismatch) -> str:
-    """The verdict in plain words, naming the measures that drove it."""
-    signals = m.signals()
-    if m.recommend:
-        why = "; ".join(f"{s.measure} {s.shown} ({s.threshold}): {s.reason}" for s in signals if s.fired)
-        return f"Continue pretraining on the target domain (domain-adaptive pretraining). Why: {why}."
-    why = "; ".join(f"{s.measure} {s.shown} (a mismatch would be {s.threshold})" for s in signals)
-    unmeasured = "" if m.checkpoint else " Only the vocabulary was compared: pass --checkpoint for perplexity."
-    return f"No need to continue pretraining on the target domain: {why}.{unmeasured}"
+    """The verdict in plain words, with the forecast and the measure that decided it."""
+    f = m.forecast
+    if f is None:
+        return "No forecast: no measured pairs to calibrate it on."
+    where = f"top-{m.top_k:,} vocabulary overlap {m.overlap:.2f}"
+    if f.clamped_to is not None:
+        where += f", outside the measured pairs' overlaps, so read at the nearest, {f.clamped_to:.2f}"
+    forecast = (
+        f"predicted gain {f.gain:+.1f} points at about 500 labels (95% interval {f.low:+.1f} to {f.high:+.1f}), "
+        f"from {f.pairs} measured pairs, at {where}"
+    )
+    worth = f"a gain of {f.worthwhile:g} point{'s' * (f.worthwhile != 1)}, the least worth a continued run"
+    verdict = {
+        "continue": f"Continue pretraining on the target domain (domain-adaptive pretraining): {forecast}; "
+        f"even its low end clears {worth}.",
+        "not worth it": f"Not worth continuing pretraining on the target domain: {forecast}; even its high end "
+        f"stays under {worth}.",
+        "unclear": f"Unclear: run the pilot (`headstart pilot` with a continued checkpoint as an init) to measure "
+        f"it: {forecast}, an interval that spans {worth}.",
+    }[f.verdict]
+    if notes := m.tokenizer_notes():
+        verdict += f" If you continue: {'; '.join(notes)}, so extend it (`headstart prepare --extend-vocab`)."
+    if not m.checkpoint:
+        verdict += " Pass --checkpoint to measure fertility and perplexity as well."
+    return verdict
 
 
 def report_lines(m: Mismatch) -> list[str]:
@@ -419,6 +405,29 @@ def report_lines(m: Mismatch) -> list[str]:
             "recommendation: style alone separates most corpora."
         )
     lines += [f"- {note}." for note in m.notes]
+    if m.pairs:
+        lines += ["", *forecast_basis(m.pairs)]
+    return lines
+
+
+def forecast_basis(pairs: list[MeasuredPair]) -> list[str]:
+    """The measured pairs the forecast rests on, each with the forecast the others make for it."""
+    lines = [
+        "## What the forecast rests on",
+        "",
+        "Continued pretraining's gain over the general checkpoint where it was measured, against the vocabulary "
+        "overlap (a line weighted by each gain's standard error, the scatter between pairs added to the "
+        "interval); each pair's leave-one-out column is the forecast the other pairs make for it.",
+        "",
+        "| target | adaptation | task, labels | overlap | measured gain | leave-one-out forecast |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for pair, f in zip(pairs, leave_one_out(pairs), strict=True):
+        loo = "— (too few others)" if f is None else f"{f.gain:+.1f} ({f.low:+.1f} to {f.high:+.1f}): {f.verdict}"
+        lines.append(
+            f"| {pair.name} | {pair.adaptation} | {pair.task}, {pair.budget:,} | {pair.overlap:.3f} | "
+            f"{pair.gain:+.1f} ± {pair.standard_error:.1f} (s.e., {pair.seeds} seeds) | {loo} |"
+        )
     return lines
 
 

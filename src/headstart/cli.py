@@ -105,7 +105,9 @@ def _pretrain_arguments(verbs: Subparsers) -> None:
     p.add_argument("recipe", help="a shipped recipe name or a YAML file")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     p.add_argument(
-        "--minutes", type=float, help="set train.steps to what fits this wall-time budget here, warm start included (a short timed probe)"
+        "--minutes",
+        type=float,
+        help="set train.steps to what fits this wall-time budget here, warm start included (a short timed probe)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     _add_overrides(p, PretrainConfig)

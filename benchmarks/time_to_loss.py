@@ -19,6 +19,7 @@ where it never gets there, the baseline's time to the variant's final loss is th
 The last line printed is one JSON object with every figure and ``speedup`` per baseline.
 
     python benchmarks/time_to_loss.py [--baseline-minutes 20] [--headstart-minutes 5] [--variants default,random+muon]
+    python benchmarks/time_to_loss.py --variants ... --baselines-from earlier.log   # more variants, same targets
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ NANOGPT = {
     "schedule": {"kind": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
     "embeddings": {"init": "random"},
 }
+BASELINES = ("nanogpt", "trainer")
 # A headstart variant is `default` or changes to gpt-tiny's defaults joined by "+", e.g. muon+wsd.
 CHANGES: dict[str, dict[str, Any]] = {
     "random": {"embeddings": {"init": "random"}},  # no skip-gram warm start
@@ -203,6 +205,9 @@ def main() -> None:
     parser.add_argument(
         "--variants", default="default,random,random+muon", help=f"comma-separated; each default or {'+'.join(CHANGES)}"
     )
+    parser.add_argument(
+        "--baselines-from", help="an earlier run's output: its baselines instead of training them again"
+    )
     args = parser.parse_args()
     shards = wikitext_bpe8k()
     facts = machine()
@@ -214,13 +219,18 @@ def main() -> None:
         except Exception as error:  # one failing variant (say, no compiler for `compile`) must not lose the rest
             runs[variant] = {"error": f"{type(error).__name__}: {error}", "curve": []}
         print(json.dumps({variant: runs[variant]}))
-    runs["nanogpt"] = run_nanogpt(shards, args.baseline_minutes)
-    print(json.dumps({"nanogpt": runs["nanogpt"]}))
-    runs["trainer"] = run_trainer(shards, args.baseline_minutes, bf16)
-    print(json.dumps({"trainer": runs["trainer"]}))
+    if args.baselines_from:  # an earlier run's baselines: repeat one of its variants to see the drift
+        lines = [line for line in Path(args.baselines_from).read_text().splitlines() if line.startswith("{")]
+        earlier = json.loads(lines[-1])["runs"]
+        runs.update({name: earlier[name] for name in BASELINES})
+    else:
+        runs["nanogpt"] = run_nanogpt(shards, args.baseline_minutes)
+        print(json.dumps({"nanogpt": runs["nanogpt"]}))
+        runs["trainer"] = run_trainer(shards, args.baseline_minutes, bf16)
+        print(json.dumps({"trainer": runs["trainer"]}))
 
     speedup: dict[str, dict[str, Any]] = {}
-    for baseline in ("nanogpt", "trainer"):
+    for baseline in BASELINES:
         end = runs[baseline]["curve"][-1]
         for variant in (v for v in args.variants.split(",") if runs[v]["curve"]):
             reached = first_at_or_below(runs[variant]["curve"], end["val_loss"])
@@ -239,7 +249,8 @@ def main() -> None:
             }
     ratios = {b: max((v["speedup"] or 0.0 for v in s.values()), default=0.0) for b, s in speedup.items()}
     print(json.dumps({"case": "wikitext2-bpe8k-gpt-tiny", "precision_bf16": bf16, "speedup": ratios,
-                      "detail": speedup, "runs": runs, "machine": facts}))  # fmt: skip
+                      "detail": speedup, "baselines_from": args.baselines_from, "runs": runs,
+                      "machine": facts}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,10 @@ def run_nanogpt(shards: Path, minutes: float) -> dict[str, Any]:
     flops = train_flops_per_token(gpt2_shape, m.context)
     objective, val = CausalLM(), eval_windows(data.val, config.train.seq_len + 1, VAL_WINDOWS)
 
-    def train(steps: int, run_dir: Path) -> None:
+    def train(steps: int, run_dir: Path, scored: bool = True) -> None:
         config.train.steps = steps
         every_minute(config, minutes)
+        config.train.eval_every = config.train.eval_every if scored else 0
         torch.manual_seed(config.train.seed)
         model = GPT2Adapter(hf_gpt2(data.vocab_size, m.n_layer, m.n_head, m.n_embd, m.context))
         evaluate = lambda mod: evaluate_windows(mod, objective, val, config.train.batch_size)  # noqa: E731
@@ -136,11 +138,12 @@ def run_nanogpt(shards: Path, minutes: float) -> dict[str, Any]:
         train_loop(job, Outputs(run_dir, to_dict(config), evaluate, quiet=True))
 
     probe_dir = CACHE / "ttl-nanogpt-probe"
-    started = time.perf_counter()
-    train(20, probe_dir)
-    seconds_per_step = (time.perf_counter() - started) / 20
-    shutil.rmtree(probe_dir, ignore_errors=True)
-    steps = int(minutes * 60 / seconds_per_step * 0.95)
+
+    def probe(steps: int) -> None:
+        train(steps, probe_dir, scored=False)
+        shutil.rmtree(probe_dir, ignore_errors=True)
+
+    steps = int(minutes * 60 / marginal_step_seconds(probe) * 0.95)
     train(steps, CACHE / config.run.name)
     return {"steps": steps, "curve": curve_of(CACHE / config.run.name / "metrics.jsonl")}
 
@@ -185,13 +188,21 @@ def run_trainer(shards: Path, minutes: float, bf16: bool) -> dict[str, Any]:
         trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Scoring(every)])
         trainer.train()
 
-    started = time.perf_counter()
-    train(20, 10**9)
-    seconds_per_step = (time.perf_counter() - started) / 20
-    steps = int(minutes * 60 / seconds_per_step * 0.95)
+    steps = int(minutes * 60 / marginal_step_seconds(lambda n: train(n, 10**9)) * 0.95)
     curve.clear()
     train(steps, max(10, round(steps / max(1.0, minutes))))
     return {"steps": steps, "curve": curve}
+
+
+def marginal_step_seconds(train: Callable[[int], None]) -> float:
+    """Wall seconds one more training step costs, from unscored runs of 10 and 30 steps, so that
+    start-up and the final save cancel and a 20-minute plan fills 20 minutes."""
+    seconds = []
+    for steps in (10, 30):
+        started = time.perf_counter()
+        train(steps)
+        seconds.append(time.perf_counter() - started)
+    return (seconds[1] - seconds[0]) / 20
 
 
 def first_at_or_below(curve: list[dict[str, float]], target: float) -> dict[str, float] | None:
@@ -200,7 +211,7 @@ def first_at_or_below(curve: list[dict[str, float]], target: float) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline-minutes", type=float, default=20.0)
+    parser.add_argument("--baseline-minutes", type=float, default=20.0, help="0: headstart's variants only")
     parser.add_argument("--headstart-minutes", type=float, default=5.0)
     parser.add_argument(
         "--variants", default="default,random,random+muon", help=f"comma-separated; each default or {'+'.join(CHANGES)}"
@@ -219,8 +230,12 @@ def main() -> None:
         except Exception as error:  # one failing variant (say, no compiler for `compile`) must not lose the rest
             runs[variant] = {"error": f"{type(error).__name__}: {error}", "curve": []}
         print(json.dumps({variant: runs[variant]}))
+    if args.baseline_minutes <= 0:  # headstart's variants side by side, no baselines
+        print(json.dumps({"case": "wikitext2-bpe8k-gpt-tiny", "precision_bf16": bf16, "runs": runs,
+                          "machine": facts}))  # fmt: skip
+        return
     if args.baselines_from:  # an earlier run's baselines: repeat one of its variants to see the drift
-        lines = [line for line in Path(args.baselines_from).read_text().splitlines() if line.startswith("{")]
+        lines = [line for line in Path(args.baselines_from).read_text().splitlines() if line.startswith('{"')]
         earlier = json.loads(lines[-1])["runs"]
         runs.update({name: earlier[name] for name in BASELINES})
     else:

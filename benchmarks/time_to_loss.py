@@ -10,8 +10,9 @@ batch 16, from the same shards:
   decay, linear decay without warmup) on the same GPT2LMHeadModel.
 Each headstart variant trains as ``headstart pretrain gpt-tiny --minutes M`` would
 (``--headstart-minutes``, skip-gram warm start included): ``default`` is gpt-tiny's defaults,
-other variants join changes with "+" (``random``: no warm start; ``muon``; ``wsd``; ``qknorm``;
-``lr2x``; ``compile``; see CHANGES). Every run is scored on the same validation windows about
+other variants join changes to it with "+" (``random``: no warm start; ``adamw``; ``cosine``;
+``noqknorm``; ``eager``; ``compile``; ``lr2x``; see CHANGES; ``before`` is the recipe before
+Muon, WSD, QK-norm and compilation became the defaults). Every run is scored on the same validation windows about
 once a minute of training, and each precision is the one the machine's probe picks (bf16 where
 its matmul is faster). A headstart variant's time to a baseline's final loss is the wall time of
 its first evaluation at or below it, warm start and evaluations included, as for the baselines;
@@ -51,7 +52,7 @@ from headstart.workflows.pretrain_data import TrainWindows
 
 VAL_WINDOWS = 128  # 33k tokens: scored about once a minute, a few % of the training time
 NANOGPT = {
-    "optim": {"lr": 6e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1},
+    "optim": {"name": "adamw", "lr": 6e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1},
     "schedule": {"kind": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
     "embeddings": {"init": "random"},
 }
@@ -59,12 +60,15 @@ BASELINES = ("nanogpt", "trainer")
 # A headstart variant is `default` or changes to gpt-tiny's defaults joined by "+", e.g. muon+wsd.
 CHANGES: dict[str, dict[str, Any]] = {
     "random": {"embeddings": {"init": "random"}},  # no skip-gram warm start
-    "muon": {"optim": {"name": "muon"}},
-    "wsd": {"schedule": {"kind": "wsd", "decay_fraction": 0.3}},
-    "qknorm": {"model": {"qk_norm": True}},
-    "lr2x": {"optim": {"lr": 2e-3}},
+    "adamw": {"optim": {"name": "adamw"}},  # instead of Muon for the blocks' matrices
+    "cosine": {"schedule": {"kind": "cosine"}},  # instead of warmup-stable-decay
+    "noqknorm": {"model": {"qk_norm": False}},
+    "eager": {"train": {"compile": False}},  # never compiled (auto compiles runs of 500+ steps)
     "compile": {"train": {"compile": True}},
+    "lr2x": {"optim": {"lr": 2e-3}},
 }
+# gpt-tiny's recipe before Muon, WSD, QK-norm and compilation became its defaults
+BEFORE = "adamw+cosine+noqknorm+eager"
 
 
 class GPT2Adapter(torch.nn.Module):
@@ -105,9 +109,10 @@ def curve_of(metrics: Path) -> list[dict[str, float]]:
 
 def variant_settings(variant: str) -> dict[str, Any]:
     settings: dict[str, Any] = {}
-    for change in [] if variant == "default" else variant.split("+"):
+    changes = variant.replace("before", BEFORE).split("+")
+    for change in [] if variant == "default" else changes:
         if change not in CHANGES:
-            raise SystemExit(f"--variants: {change!r} is not one of default, {', '.join(CHANGES)}")
+            raise SystemExit(f"--variants: {change!r} is not one of default, before, {', '.join(CHANGES)}")
         settings = merge(settings, CHANGES[change])
     return settings
 
@@ -214,7 +219,7 @@ def main() -> None:
     parser.add_argument("--baseline-minutes", type=float, default=20.0, help="0: headstart's variants only")
     parser.add_argument("--headstart-minutes", type=float, default=5.0)
     parser.add_argument(
-        "--variants", default="default,random,random+muon", help=f"comma-separated; each default or {'+'.join(CHANGES)}"
+        "--variants", default="default,random,before", help=f"comma-separated; each default or {'+'.join(CHANGES)}"
     )
     parser.add_argument(
         "--baselines-from", help="an earlier run's output: its baselines instead of training them again"

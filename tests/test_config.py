@@ -23,7 +23,7 @@ def test_parse_overrides_nests_and_types_values():
         ("model.n_layr=3", "did you mean model.'n_layer'"),
         ("modle.n_layer=3", "did you mean 'model'"),
         ("train.steps=many", "expected int"),
-        ("train.compile=maybe", "expected true or false"),
+        ("train.compile=maybe", "expected one of auto, True, False"),
         ("model.n_layer", "expected section.field=value"),
     ],
 )

@@ -18,7 +18,7 @@ from headstart.config import StudyConfig
 from headstart.train import checkpoint as ckpt
 from headstart.train import device as device_module
 from headstart.train import flops as flops_module
-from headstart.train.device import pick_precision
+from headstart.train.device import pick_compile, pick_precision
 from headstart.train.state import TrainState
 from headstart.transfer.reference import WordVectors, read_vectors, write_vectors
 from headstart.transfer.report import compute_section, mean_and_interval, steps_to_target_rows, write_report
@@ -119,6 +119,25 @@ def test_bf16_is_measured_on_a_gpu_too(monkeypatch):
     assert pick_precision("auto", torch.device("cuda")) == torch.float32
     monkeypatch.setattr(device_module, "peak_flops", lambda dtype, device: 4e12 if dtype == torch.bfloat16 else 1e12)
     assert pick_precision("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_compile_auto_only_where_it_was_measured_to_pay(monkeypatch):
+    """auto: one process pretraining a transformer decoder for 500+ steps, where Inductor builds."""
+    from headstart.config import ModelConfig
+    from headstart.models.mamba import Mamba
+    from headstart.models.transformer import Transformer
+
+    decoder = Transformer(ModelConfig(n_layer=1, n_head=2, n_embd=16, context=8, vocab_size=32))
+    monkeypatch.setattr(device_module, "inductor_builds", lambda device_type: True)
+    assert pick_compile("auto", decoder, "clm", steps=500, processes=1)
+    assert not pick_compile("auto", decoder, "clm", steps=499, processes=1)  # too short to repay compiling
+    assert not pick_compile("auto", decoder, "mlm", steps=5000, processes=1)  # not measured
+    assert not pick_compile("auto", decoder, "clm", steps=5000, processes=2)
+    mamba = Mamba(ModelConfig(kind="mamba", n_layer=1, n_embd=16, context=8, vocab_size=32))
+    assert not pick_compile("auto", mamba, "clm", steps=5000, processes=1)
+    assert pick_compile(True, decoder, "mlm", steps=1, processes=2) and not pick_compile(False, decoder, "clm", 5000, 1)
+    monkeypatch.setattr(device_module, "inductor_builds", lambda device_type: False)  # no compiler here
+    assert not pick_compile("auto", decoder, "clm", steps=5000, processes=1)
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 12, 13, 25, 40, 100])

@@ -27,8 +27,9 @@ SENTENCE = "the cat sat on a mat while dogs ran far away"
 
 
 def write_variant(source: Path, out: Path, std: float = 0.1, **model: object) -> Path:
-    """``source``'s checkpoint with model fields changed and random N(0, std) matrices: big enough
-    weights that greedy decoding wanders instead of repeating one token."""
+    """``source``'s checkpoint with model fields changed, random N(0, std) matrices (big enough
+    that greedy decoding wanders instead of repeating one token) and random norm gains (so that
+    a gain read in the wrong channel order shows)."""
     _, config, folder = load_pretrained(source)
     config = replace(config, model=replace(config.model, **model))
     torch.manual_seed(0)
@@ -37,6 +38,8 @@ def write_variant(source: Path, out: Path, std: float = 0.1, **model: object) ->
         for param in trained.parameters():
             if param.dim() > 1:
                 param.normal_(0.0, std)
+            else:
+                param.uniform_(0.5, 1.5)
     tokenizer = folder / "tokenizer.json"
     return ckpt.write_checkpoint(out, 0, trained, {"step": 0}, to_dict(config),
                                  lambda into: shutil.copyfile(tokenizer, into / "tokenizer.json"))  # fmt: skip
@@ -44,7 +47,7 @@ def write_variant(source: Path, out: Path, std: float = 0.1, **model: object) ->
 
 @pytest.fixture(scope="module")
 def random_decoder(tiny_decoder, tmp_path_factory) -> Path:
-    return write_variant(tiny_decoder, tmp_path_factory.mktemp("random-decoder"))
+    return write_variant(tiny_decoder, tmp_path_factory.mktemp("random-decoder"), qk_norm=False)  # a Llama
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def max_logit_difference(checkpoint: Path, hf_dir: Path, padded: bool = False) -
 
 @pytest.mark.parametrize(
     ("name", "architecture"),
-    [("decoder", "LlamaForCausalLM"), ("random", "LlamaForCausalLM"), ("untied", "LlamaForCausalLM"),
+    [("decoder", "Qwen3ForCausalLM"), ("random", "LlamaForCausalLM"), ("untied", "Qwen3ForCausalLM"),
      ("encoder", "EuroBertForMaskedLM")],
 )  # fmt: skip
 def test_exported_logits_equal_headstart(name, architecture, exported, request):
@@ -91,7 +94,7 @@ def test_exported_logits_equal_headstart(name, architecture, exported, request):
     files = {p.name for p in hf_dir.iterdir()}
     assert files >= {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
-    assert ("generation_config.json" in files) == (architecture == "LlamaForCausalLM")
+    assert ("generation_config.json" in files) == architecture.endswith("ForCausalLM")
     assert json.loads((hf_dir / "config.json").read_text())["architectures"] == [architecture]
     difference = max_logit_difference(checkpoint_of(name, request), hf_dir)
     print(f"{name}: max abs logit difference {difference:.2e}")
@@ -139,7 +142,7 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("name", ["decoder", "encoder", "untied"])
+@pytest.mark.parametrize("name", ["decoder", "random", "encoder", "untied"])
 def test_import_export_import_is_exact(name, exported, request, tmp_path):
     original = checkpoint_of(name, request)
     first = api.import_hf(exported[name], tmp_path / "first")
@@ -195,7 +198,7 @@ def test_import_appends_headstart_special_tokens(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("num_key_value_heads", 1), ("hidden_act", "gelu"), ("attention_bias", True), ("rms_norm_eps", 1e-5),
-     ("model_type", "mistral")],
+     ("use_sliding_window", True), ("model_type", "mistral")],
 )  # fmt: skip
 def test_import_refuses_what_does_not_map(field, value, exported, tmp_path):
     source = tmp_path / "hf"
@@ -214,11 +217,12 @@ def test_import_refuses_what_does_not_map(field, value, exported, tmp_path):
         ("mlp", "gelu", "gelu"),
         ("norm", "layernorm", "layernorm"),
         ("kind", "mamba", "mamba"),
-        ("qk_norm", True, "true"),
+        ("qk_norm", True, "true in an encoder"),
     ],
 )
-def test_export_refuses_what_does_not_map(field, value, shown, tiny_decoder, tmp_path):
-    checkpoint = write_variant(tiny_decoder, tmp_path / "checkpoints", **{field: value})
+def test_export_refuses_what_does_not_map(field, value, shown, tiny_decoder, tiny_encoder, tmp_path):
+    source = tiny_encoder if field == "qk_norm" else tiny_decoder  # a decoder with QK-norm is a Qwen3
+    checkpoint = write_variant(source, tmp_path / "checkpoints", **{field: value})
     with pytest.raises(HeadstartError, match=f"model.{field}={shown}") as error:
         api.export_hf(checkpoint, tmp_path / "hf")
     assert "\n" not in str(error.value)

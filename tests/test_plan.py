@@ -140,6 +140,10 @@ def test_memory_matches_a_hand_computation():
     # on a CPU this short attention runs in float32 and keeps 6 bytes more per n_embd and layer
     cpu = memory_needed(config, params, torch.bfloat16, CPU)
     assert cpu["activations"] == bf16["activations"] + 4 * 32 * 2 * 6 * 64
+    # Muon: one momentum for the blocks' matrices instead of AdamW's two moments
+    muon = replace(config, optim=replace(config.optim, name="muon"))
+    hidden = 2 * (4 * 64 * 64 + 3 * 64 * 192)
+    assert memory_needed(muon, params, torch.float32, CPU)["optimizer"] == 8 * params - 4 * hidden
 
 
 def saved_bytes(config: PretrainConfig, dtype: torch.dtype) -> int:

@@ -6,11 +6,12 @@ import pytest
 import yaml
 
 from headstart import api
+from headstart.config import StudyConfig
 from headstart.errors import HeadstartError
 from headstart.train.checkpoint import resolve_checkpoint
-from headstart.transfer.pilot import ladder
+from headstart.transfer.pilot import ladder, pilot_study
 from headstart.transfer.report import mean_and_interval
-from headstart.transfer.study import differs_from, level_fits
+from headstart.transfer.study import differs_from, round_fits
 
 
 @pytest.fixture
@@ -18,8 +19,8 @@ def encoder(tiny_encoder):
     return tiny_encoder
 
 
-def study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="3e-3", budgets="[20, 60]"):
-    train, dev = write_task(tmp_path / "train.jsonl", 120, 0), write_task(tmp_path / "dev.jsonl", 60, 1)
+def study_yaml(write_task, tmp_path, encoder, corpus, sweep_lr="3e-3", budgets="[20, 60]", train_size=120):
+    train, dev = write_task(tmp_path / "train.jsonl", train_size, 0), write_task(tmp_path / "dev.jsonl", 60, 1)
     path = tmp_path / "study.yaml"
     path.write_text(
         f"""
@@ -216,31 +217,51 @@ def test_a_candidate_an_init_setting_makes_identical_to_another_runs_once(tmp_pa
         api.transfer(str(path), ["budgets=[60]", "sweep_max_budget={probe: 20, lr: 20}", "run.name=none"])
 
 
-def test_the_next_budget_runs_only_if_its_cells_fit_in_the_time_left():
-    assert level_fits([], cells_next=8, left=1.0)  # nothing timed yet: the first budget always runs
-    assert level_fits([[10.0, 10.0]], cells_next=4, left=40.0) and not level_fits([[10.0]], cells_next=4, left=39.0)
-    # two budgets timed: the next one's cells are taken to grow by the same ratio (2× here)
-    assert level_fits([[5.0], [10.0]], cells_next=2, left=40.0) and not level_fits([[5.0], [10.0]], 2, left=39.0)
+def test_another_seed_round_runs_only_if_the_last_one_fits_in_the_time_left():
+    assert round_fits(None, left=0.0)  # the first round always runs
+    assert round_fits(40.0, left=40.0) and not round_fits(40.0, left=39.0)
 
 
-def test_pilot_ladder_stops_at_half_the_examples():
-    assert ladder(50, 1000) == [50, 100, 200, 400]
-    with pytest.raises(HeadstartError, match="--smallest 200: a task of 1,000 examples leaves fewer than 3 budgets"):
-        ladder(200, 1000)
+def test_pilot_ladder_grows_by_four_up_to_half_the_forecast_budget():
+    assert ladder(50, 2000, 67_000) == [50, 200, 800]
+    assert ladder(10, 100_000, 1000) == [10, 40, 160]  # and up to half the examples
+    with pytest.raises(HeadstartError, match=r"--smallest 200: budgets ×4 up to 1,000 .* fewer than 3"):
+        ladder(200, 2000, 67_000)
 
 
-def test_pilot_runs_budgets_smallest_first_forecasts_and_gives_a_verdict(tmp_path, encoder, tiny_shards, write_task):
-    path = study_yaml(write_task, tmp_path, encoder, tiny_shards.parent / "corpus.txt")
-    overrides = [f"inits={{pretrained: {encoder}, scratch: scratch}}", "sweep={lr: [optim.lr=3e-3]}", "seeds=2"]
-    pilot = api.pilot(str(path), minutes=10, forecast_at=100, smallest=8, overrides=overrides)
+def test_pilot_leaves_out_the_supervised_duplicate_and_small_budget_candidates():
+    config = StudyConfig(
+        inits={"pretrained": "ckpt", "scratch": "scratch", "supervised": "scratch"},
+        init_settings={"supervised": ["readout=finetune"]},
+        supervised="supervised",
+        sweep={"probe": ["readout=logistic"], "full": ["optim.lr=3e-4"], "setfit": ["readout=setfit"]},
+        sweep_max_budget={"setfit": 500},
+    )
+    pilot = pilot_study(config, [50, 200, 800])
+    assert list(pilot.inits) == ["pretrained", "scratch"] and pilot.supervised == "" and pilot.init_settings == {}
+    assert pilot.problems() == []
+    assert list(pilot.sweep) == ["probe", "full"] and pilot.run.name == "study-pilot"
+    assert list(pilot_study(config, [5, 20, 80]).sweep) == ["probe", "full", "setfit"]
+
+
+def test_pilot_runs_seed_rounds_forecasts_and_gives_a_verdict(tmp_path, encoder, tiny_shards, write_task):
+    path = study_yaml(write_task, tmp_path, encoder, tiny_shards.parent / "corpus.txt", train_size=300)
+    overrides = ["sweep={lr: [optim.lr=3e-3]}", "seeds=2"]
+    pilot = api.pilot(str(path), minutes=10, forecast_at=1000, smallest=8, overrides=overrides)
+    assert pilot.parent.name == "s-pilot"
     records = [json.loads(x) for x in (pilot.parent / "results.jsonl").read_text().splitlines()]
-    assert sorted({r["budget"] for r in records}) == [8, 16, 32]  # doubling up to half of the 120 examples
-    assert [r["budget"] for r in records] == sorted(r["budget"] for r in records)  # smallest first
+    # ×4 up to half of the 300 examples; every budget for seed 0 before any for seed 1
+    inits = ("pretrained", "scratch", "skipgram", "ngrams")
+    assert [(r["seed"], r["budget"], r["init"]) for r in records] == [
+        (seed, budget, init) for seed in (0, 1) for budget in (8, 32, 128) for init in inits
+    ]
     text = pilot.read_text()
-    assert "| pretrained |" in text and "| scratch |" in text and "at 100 labels (forecast)" in text
-    assert "`pretrained` against `scratch` at 100 labels: pretraining **" in text
+    assert "budgets measured: 8, 32, 128, 2 seeds each" in text
+    assert "| pretrained |" in text and "| scratch |" in text and "at 1,000 labels (forecast)" in text
+    assert "`pretrained` against `scratch` at 1,000 labels: pretraining **" in text
     assert "## Forecast" in (pilot.parent / "report.md").read_text()
-    # with no time left after the first budget, the pilot stops there and says it cannot forecast
-    short = api.pilot(str(path), minutes=1e-6, forecast_at=100, smallest=8, overrides=[*overrides, "run.name=short"])
-    assert {json.loads(x)["budget"] for x in (short.parent / "results.jsonl").read_text().splitlines()} == {8}
-    assert "no verdict" in short.read_text()
+    # no time after the first seed round: every budget has seed 0, and one seed gives no interval to judge by
+    short = api.pilot(str(path), minutes=1e-6, forecast_at=1000, smallest=8, overrides=[*overrides, "run.name=short"])
+    rows = [json.loads(x) for x in (short.parent / "results.jsonl").read_text().splitlines()]
+    assert {(r["seed"], r["budget"]) for r in rows} == {(0, 8), (0, 32), (0, 128)}
+    assert "no verdict: one seed round" in short.read_text()

@@ -83,8 +83,9 @@ def pilot(
     overrides: Overrides = None,
     console: Console | None = None,
 ) -> Path:
-    """A study sized to ``minutes``: budgets doubling from ``smallest`` until the time is up, then
-    each init's forecast at ``forecast_at`` labels and whether pretraining pays; returns pilot.md."""
+    """A study sized to ``minutes``: budgets ×4 from ``smallest`` up to half of ``forecast_at``,
+    seed rounds until the time is up, then each init's forecast at ``forecast_at`` labels and
+    whether pretraining pays; returns pilot.md."""
     from headstart.transfer.pilot import run_pilot
 
     config = study if isinstance(study, StudyConfig) else load_config(StudyConfig, study, overrides)

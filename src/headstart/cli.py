@@ -142,9 +142,10 @@ def _pilot_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "pilot",
         help="a study sized to a wall-time budget: does pretraining pay here, and how many labels will it take?",
-        description="Runs the study's inits over budgets doubling from --smallest, 3 seeds, smallest first, and "
-        "stops before a budget that would not finish in --minutes; then forecasts each init's learning curve at "
-        "--forecast-at labels with a 95% interval and says whether pretraining pays there (pilot.md).",
+        description="Runs the study's inits over three or more budgets growing ×4 from --smallest up to half of "
+        "--forecast-at, seed by seed (every budget for one seed, then the next) while another round fits in "
+        "--minutes; then forecasts each init's learning curve at --forecast-at labels with a 95% interval and says "
+        "whether pretraining pays there (pilot.md).",
     )
     p.add_argument("study", help="a study YAML file: its checkpoint and scratch inits, sweep and task")
     p.add_argument("--minutes", type=float, required=True, help="wall-time budget for the whole pilot")
@@ -248,8 +249,9 @@ def _export_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "export",
         help="write a checkpoint as a Hugging Face transformers model directory",
-        description="A decoder as Llama (AutoModelForCausalLM), an encoder as EuroBERT (AutoModelForMaskedLM), "
-        "with its tokenizer (AutoTokenizer): safetensors, float32, the same logits. Needs transformers ≥ 5.",
+        description="A decoder as Llama, or Qwen3 with QK-norm (AutoModelForCausalLM), an encoder as EuroBERT "
+        "(AutoModelForMaskedLM), with its tokenizer (AutoTokenizer): safetensors, float32, the same logits. "
+        "Needs transformers ≥ 5.",
     )
     p.add_argument("checkpoint", help="a checkpoint directory or a run directory (its newest checkpoint)")
     p.add_argument("--to", choices=["hf"], default="hf", help="the format: hf (Hugging Face transformers)")
@@ -259,7 +261,7 @@ def _export_arguments(verbs: Subparsers) -> None:
 def _import_hf_arguments(verbs: Subparsers) -> None:
     p = verbs.add_parser(
         "import-hf",
-        help="turn a transformers Llama or EuroBERT directory into a checkpoint for init=",
+        help="turn a transformers Llama, Qwen3 or EuroBERT directory into a checkpoint for init=",
         description="Reads config.json, safetensors weights and tokenizer.json; refuses, naming the field, what "
         "headstart's transformer cannot hold exactly (grouped-query attention, biases, another activation).",
     )

@@ -177,7 +177,8 @@ class TrainConfig:
     seq_len: int = 256  # tokens per training window
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where it measures faster
     device: str = "auto"  # auto: cuda when available, else cpu
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model; auto: where measured to pay (one process pretraining a decoder 500+ steps)
+    compile: Literal["auto", True, False] = "auto"
     seed: int = 1337  # seeds the initial weights, the data order and every random draw
     eval_every: int = 200  # steps between evaluations; 0: at the end only
     eval_batches: int = 20  # batches of validation windows per evaluation

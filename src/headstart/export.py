@@ -4,7 +4,9 @@ arguments, and import such a directory back as a headstart checkpoint.
 
 The mapping is exact, not approximate, so only the shapes both sides share go through:
 
-* decoder → Llama (``LlamaForCausalLM``); encoder → EuroBERT (``EuroBertForMaskedLM``), which
+* decoder → Llama (``LlamaForCausalLM``), or Qwen3 (``Qwen3ForCausalLM``: Llama's block with
+  an RMSNorm on each head's queries and keys before RoPE) where ``model.qk_norm`` is on;
+  encoder → EuroBERT (``EuroBertForMaskedLM``), which
   is Llama's block with bidirectional attention and a plain vocabulary projection. ModernBERT,
   the other RoPE encoder, normalises the embeddings, puts a dense + norm transform before its
   vocabulary projection and uses LayerNorm and GeGLU, none of which headstart's encoder has.
@@ -12,9 +14,10 @@ The mapping is exact, not approximate, so only the shapes both sides share go th
   head_dim = n_embd / n_head, default RoPE with the checkpoint's theta, tied or untied output.
 * Weights: ``qkv`` splits into q, k, v; the MLP's ``up`` into the gate (its first half) and up.
   headstart rotates channel pairs (2j, 2j+1), transformers' rotate-half pairs (j, j + d/2):
-  each head's q and k rows are reordered to match, which leaves every attention score as it was.
-* Refused with one line: Mamba, image checkpoints, GELU MLPs and LayerNorm (no exact
-  counterpart); on import, anything outside the mapping (grouped-query attention, biases,
+  each head's q and k rows are reordered to match, which leaves every attention score as it was
+  (and so are QK-norm's gains, which act on the same channels).
+* Refused with one line: Mamba, image checkpoints, GELU MLPs, LayerNorm and an encoder with
+  QK-norm (no exact counterpart); on import, anything outside the mapping (grouped-query attention, biases,
   another activation or epsilon, scaled RoPE), named by its config.json field.
 
 What is exported is the backbone fine-tuning starts from (ELECTRA: the discriminator, whose
@@ -75,8 +78,9 @@ class Architecture:
 
 
 DECODER = Architecture("llama", "AutoModelForCausalLM", True, "clm")
+QK_NORM_DECODER = Architecture("qwen3", "AutoModelForCausalLM", True, "clm")
 ENCODER = Architecture("eurobert", "AutoModelForMaskedLM", False, "mlm")
-ARCHITECTURES = {a.model_type: a for a in (DECODER, ENCODER)}
+ARCHITECTURES = {a.model_type: a for a in (DECODER, QK_NORM_DECODER, ENCODER)}
 
 # headstart's block weights that transformers holds under another name, unchanged
 RENAMED = {
@@ -138,6 +142,8 @@ def to_transformers(state: Weights, config: ModelConfig) -> Weights:
             theirs + "mlp.gate_proj.weight": gate,
             theirs + "mlp.up_proj.weight": up,
         }
+        if config.qk_norm:
+            out |= {f"{theirs}self_attn.{x}_norm.weight": state[f"{ours}attn.{x}_norm.weight"][order] for x in "qk"}
     return out
 
 
@@ -155,6 +161,8 @@ def from_transformers(state: Weights, config: ModelConfig) -> Weights:
         out[ours + "mlp.up.weight"] = torch.cat(
             [state[theirs + "mlp.gate_proj.weight"], state[theirs + "mlp.up_proj.weight"]]
         )
+        if config.qk_norm:
+            out |= {f"{ours}attn.{x}_norm.weight": state[f"{theirs}self_attn.{x}_norm.weight"][inverse] for x in "qk"}
     return out
 
 
@@ -180,11 +188,17 @@ def _check_exportable(config: PretrainConfig, folder: Path) -> None:
             f"checkpoint {folder}: model.norm={model.norm}; Llama and EuroBERT use RMSNorm only, so this model "
             "has no exact transformers counterpart"
         )
-    if model.qk_norm:
+    if model.qk_norm and not model.causal:
         raise HeadstartError(
-            f"checkpoint {folder}: model.qk_norm=true; Llama and EuroBERT do not normalise queries and keys, so "
-            "this model has no exact transformers counterpart"
+            f"checkpoint {folder}: model.qk_norm=true in an encoder; EuroBERT does not normalise queries and keys, "
+            "so this model has no exact transformers counterpart (a decoder with QK-norm exports as Qwen3)"
         )
+
+
+def architecture_of(config: ModelConfig) -> Architecture:
+    if not config.causal:
+        return ENCODER
+    return QK_NORM_DECODER if config.qk_norm else DECODER
 
 
 def _hf_fields(config: ModelConfig, tokenizer_ids: dict[str, int]) -> dict[str, Any]:
@@ -219,7 +233,7 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     _check_exportable(opened.config, opened.folder)
     backbone, tokenizer = opened.backbone, opened.tokenizer
     config = backbone.config
-    arch = DECODER if config.causal else ENCODER
+    arch = architecture_of(config)
     info = tokenizer_info(tokenizer)
     ids = {"bos_token_id": info.eod_id, "eos_token_id": info.eod_id, "pad_token_id": info.pad_id}
     if not arch.causal:
@@ -258,6 +272,7 @@ def _model_config(hf: Any, arch: Architecture, where: Path) -> ModelConfig:
         "attention_bias": (False, "no biases"),
         "mlp_bias": (False, "no biases"),
         "rms_norm_eps": (RMS_NORM_EPS, f"RMSNorm with eps {RMS_NORM_EPS}"),
+        "use_sliding_window": (False, "full attention in every layer"),
     }
     for field, (value, why) in needs.items():
         given = getattr(hf, field, value)
@@ -278,6 +293,7 @@ def _model_config(hf: Any, arch: Architecture, where: Path) -> ModelConfig:
             rope_theta=float(rope.get("rope_theta", ModelConfig.rope_theta)),
             tie_embeddings=bool(hf.tie_word_embeddings),
             init_std=hf.initializer_range,
+            qk_norm=arch is QK_NORM_DECODER,
         )
     )
 
@@ -295,7 +311,8 @@ def _read_architecture(transformers: ModuleType, source: Path) -> tuple[Any, Arc
         raise HeadstartError(f"{source / 'config.json'}: cannot be read ({exc.__class__.__name__})") from None
     if hf.model_type not in ARCHITECTURES:
         raise HeadstartError(
-            f"{source / 'config.json'}: model_type={hf.model_type}; import reads llama (decoder) or eurobert (encoder)"
+            f"{source / 'config.json'}: model_type={hf.model_type}; import reads llama or qwen3 (decoders) or "
+            "eurobert (encoder)"
         )
     return hf, ARCHITECTURES[hf.model_type]
 
@@ -314,7 +331,7 @@ def _load_weights(transformers: ModuleType, source: Path, arch: Architecture) ->
 
 
 def import_hf(source: str | Path, out: str | Path) -> Path:
-    """A transformers Llama or EuroBERT directory → a checkpoint (``out/checkpoints/step_00000000``)
+    """A transformers Llama, Qwen3 or EuroBERT directory → a checkpoint (``out/checkpoints/step_00000000``)
     that ``pretrain init=`` and ``finetune init=`` take; returns its directory."""
     transformers = _transformers()
     source, target = Path(source), _fresh(out)

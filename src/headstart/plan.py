@@ -42,6 +42,7 @@ from headstart.objectives.registry import build_model
 from headstart.train.device import pick_device, pick_precision
 from headstart.train.flops import matmul_params, peak_flops
 from headstart.train.log import format_duration
+from headstart.train.optim import is_hidden_matrix
 from headstart.workflows.pretrain import calibrate
 from headstart.workflows.pretrain_data import pretrain_flops_per_token, resolve_config, transformer_passes
 
@@ -166,15 +167,27 @@ def activation_bytes(
     return model.n_layer * layer + outside * model.n_embd + LOGIT_BYTES * head_fraction * model.vocab_size
 
 
+def optimizer_bytes(config: PretrainConfig, params: int) -> float:
+    """AdamW keeps two fp32 moments a parameter; Muon one momentum for the blocks' matrices
+    (and AdamW's two for the rest)."""
+    if config.optim.name != "muon":
+        return 8.0 * params
+    with torch.device("meta"):
+        model = build_model(config)
+    hidden = sum(p.numel() for name, p in model.named_parameters() if is_hidden_matrix(name, p))
+    return 8.0 * params - 4.0 * hidden
+
+
 def memory_needed(config: PretrainConfig, params: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
     """Bytes to train ``config``: the weights, kept in fp32 under autocast too, their fp32
-    gradients, AdamW's two fp32 moments, and what one micro-batch keeps for the backward (under
+    gradients, the optimizer's state, and what one micro-batch keeps for the backward (under
     bf16 with autocast's bf16 copy of the weights: 2 bytes a parameter)."""
     tokens = config.train.batch_size * config.train.seq_len
     passes = transformer_passes(config)
     per_token = sum(times * activation_bytes(m, head, dtype, device, config.train.seq_len) for m, head, times in passes)
     activations = tokens * per_token + (2 * params if dtype == torch.bfloat16 else 0)
-    memory = {"weights": 4.0 * params, "gradients": 4.0 * params, "optimizer": 8.0 * params, "activations": activations}
+    memory = {"weights": 4.0 * params, "gradients": 4.0 * params, "optimizer": optimizer_bytes(config, params),
+              "activations": activations}  # fmt: skip
     return memory | {"total": sum(memory.values())}
 
 

@@ -29,7 +29,7 @@ from headstart.objectives.base import Objective
 from headstart.train import checkpoint as ckpt
 from headstart.train import distributed
 from headstart.train.callbacks import Callbacks, Checkpointing, Evaluation, StepGuard, StepLog, Stopping
-from headstart.train.device import pick_device, pick_precision
+from headstart.train.device import pick_compile, pick_device, pick_precision
 from headstart.train.distributed import Parallel
 from headstart.train.log import MetricsFile, ProgressDisplay
 from headstart.train.optim import build_optimizer, carried_state
@@ -180,7 +180,8 @@ def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainStat
     model.to(parallel.device)
     if start.resume is not None:
         parallel.load_weights(start.resume, model)
-    wrapped = parallel.wrap(torch.compile(model) if train.compile else model)
+    compiled = pick_compile(train.compile, model, job.objective.name, train.steps, parallel.world)
+    wrapped = parallel.wrap(torch.compile(model) if compiled else model)
     optimizer = build_optimizer(model, job.settings.optim, parallel.device, job.lr_scale)
     state = TrainState(model, optimizer, parallel.device, flops=start.prior_flops, elapsed_before=start.prior_seconds)
     saved: dict[str, Any] = {}

@@ -5,7 +5,10 @@ biases, and any matrix marked ``_no_weight_decay``) take AdamW's update in the s
 so the loop, the schedule and checkpoints see one optimizer with one state dict.
 
 Each orthogonalised update is scaled by 0.2·√max(rows, cols), which gives it about the RMS of
-an AdamW update: the same learning rate and weight decay serve both kinds of parameter."""
+an AdamW update: the same learning rate and weight decay serve both kinds of parameter.
+
+Under FSDP2 a matrix is sharded across ranks: its momentum is gathered whole, every rank
+orthogonalises the same matrix, and each keeps its own shard of the result."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import math
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 # The quintic's coefficients: steep at zero, so small singular values grow fast in few steps.
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
@@ -32,6 +36,15 @@ def newton_schulz(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.T if tall else x
+
+
+def orthogonalised(update: torch.Tensor) -> torch.Tensor:
+    """:func:`newton_schulz` of the whole matrix; a sharded one (FSDP2's DTensor) is gathered,
+    and this rank keeps its shard of the result (every rank computes the same: no scatter)."""
+    if isinstance(update, DTensor):
+        whole = newton_schulz(update.full_tensor())
+        return distribute_tensor(whole, update.device_mesh, update.placements, src_data_rank=None)
+    return newton_schulz(update)
 
 
 class Muon(torch.optim.Optimizer):
@@ -71,8 +84,8 @@ class Muon(torch.optim.Optimizer):
         buffer, grad = state["momentum_buffer"], param.grad
         buffer.mul_(group["momentum"]).add_(grad)
         nesterov = grad.add(buffer, alpha=group["momentum"])
-        scale = RMS_MATCH * math.sqrt(max(param.shape))
-        param.add_(newton_schulz(nesterov).to(param.dtype), alpha=-group["lr"] * scale)
+        scale = RMS_MATCH * math.sqrt(max(param.shape))  # a DTensor's shape is the whole matrix's
+        param.add_(orthogonalised(nesterov).to(param.dtype), alpha=-group["lr"] * scale)
 
     def _adamw(self, param: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[param]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from headstart.config import OptimConfig
 from headstart.errors import HeadstartError
@@ -25,11 +24,6 @@ def build_optimizer(
     """Parameter groups keyed by (decayed or not, lr scale, Muon or not); the loop sets each
     group's lr as the schedule's lr times the group's ``lr_scale``."""
     muon = config.name == "muon"
-    if muon and any(isinstance(p, DTensor) for p in model.parameters()):
-        raise HeadstartError(
-            "optim.name=muon: expected whole matrices, but FSDP shards them (Muon orthogonalises each one); "
-            "use train.strategy=ddp or optim.name=adamw"
-        )
     groups: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:

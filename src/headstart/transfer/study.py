@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -187,20 +186,19 @@ def count_train(task: TaskConfig) -> int:
     return sum(1 for _ in iter_task_records(task.train))
 
 
-def level_fits(seconds_by_level: list[list[float]], cells_next: int, left: float) -> bool:
-    """Whether the next budget's ``cells_next`` cells fit in ``left`` seconds, judged by the
-    cells timed so far at smaller budgets: the last budget's mean cell, grown by the ratio
-    between the last two budgets' means where there are two (larger budgets train longer)."""
-    timed = [statistics.fmean(level) for level in seconds_by_level if level]
-    if not timed:
-        return True
-    growth = max(1.0, timed[-1] / timed[-2]) if len(timed) > 1 else 1.0
-    return timed[-1] * growth * cells_next <= left
+def round_fits(last_round_seconds: float | None, left: float) -> bool:
+    """Whether another seed round (every budget and init for one more seed) fits in ``left``
+    seconds, judged by the last round's time; the first round always runs. The first round also
+    pays for one-off work (the references' word vectors), so the judgement errs on the safe side."""
+    return last_round_seconds is None or last_round_seconds <= left
 
 
 def run_study(config: StudyConfig, console: Console | None = None, deadline: float | None = None) -> Path:
-    """Run every missing cell, then write the report; returns the study directory. ``deadline``
-    (a ``time.monotonic()`` value): stop before a budget whose cells would not finish by then."""
+    """Run every missing cell, then write the report; returns the study directory.
+
+    Cells run budget by budget, smallest first. With a ``deadline`` (a ``time.monotonic()``
+    value) they run seed by seed instead, every budget for seed 0 first: whenever the time runs
+    out, each budget has the same seeds, and a seed round that would not finish by then is left out."""
     console = console or Console(stderr=True)
     architecture = check_inits(config)
     base = load_config(FinetuneConfig, config.finetune, config.settings)
@@ -224,18 +222,21 @@ def run_study(config: StudyConfig, console: Console | None = None, deadline: flo
         write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in finished))
     done = {(r["init"], r["budget_asked"], r["seed"]) for r in finished}
     references = References(config, base, run_dir, console)
-    cells = [(b, s, i) for b in sorted(config.budgets, key=lambda b: b or train_size) for s in range(config.seeds)
-             for i in config.inits]  # fmt: skip
+    budgets = sorted(config.budgets, key=lambda b: b or train_size)
+    cells = [(b, s, i) for b in budgets for s in range(config.seeds) for i in config.inits]
+    if deadline is not None:
+        cells = [(b, s, i) for s in range(config.seeds) for b in budgets for i in config.inits]
     todo = [c for c in cells if (c[2], c[0], c[1]) not in done]
     console.print(f"study {run_dir}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
-    seconds_by_level: dict[int, list[float]] = {}
+    round_seed, round_started, last_round = None, time.monotonic(), None
     for number, (budget, seed, init) in enumerate(todo, start=1):
-        if deadline is not None and budget not in seconds_by_level:
-            cells_next = sum(1 for cell in todo if cell[0] == budget)
-            if not level_fits(list(seconds_by_level.values()), cells_next, deadline - time.monotonic()):
-                console.print(f"the time is up: {budget or 'all'} labels and larger budgets are left out")
+        if deadline is not None and seed != round_seed:
+            if round_seed is not None:
+                last_round = time.monotonic() - round_started
+            if not round_fits(last_round, deadline - time.monotonic()):
+                console.print(f"the time is up: seed {seed} and later seeds are left out")
                 break
-            seconds_by_level[budget] = []
+            round_seed, round_started = seed, time.monotonic()
         source = config.inits[init]
         started = time.perf_counter()
         try:
@@ -254,7 +255,6 @@ def run_study(config: StudyConfig, console: Console | None = None, deadline: flo
                   "metric": metric, "value": cell[metric], **cell,
                   "sweep_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
         append_line(results_path, record)
-        seconds_by_level.setdefault(budget, []).append(record["sweep_seconds"])
         console.print(
             f"[{number}/{len(todo)}] {init} · {record['budget']} labels · seed {seed}: "
             f"{metric} {record['value']:.3f} ({record['chosen']})",

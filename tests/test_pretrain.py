@@ -192,3 +192,25 @@ def test_a_minutes_budget_counts_the_skipgram_warm_start(tiny_shards, tmp_path, 
     assert "steps: 28" in (tmp_path / "budget" / "config.yaml").read_text()
     with pytest.raises(HeadstartError, match="--minutes with --resume"):
         api.pretrain("gpt-tiny", overrides, minutes=0.1, resume=True, quiet=True)
+
+
+def test_a_compiled_run_is_planned_at_the_compiled_speed(tiny_shards, tmp_path, monkeypatch):
+    """Planned at the eager speed, a compiled run would end early: its steps come from a compiled probe."""
+    from headstart.workflows import pretrain as workflow
+
+    monkeypatch.setattr(workflow, "seconds_per_step", lambda config: 0.05 if config.train.compile is True else 0.1)
+    monkeypatch.setattr(workflow, "pick_compile", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # the plan is under test, not Inductor
+    warm = lambda self, model, config: (0.0, 3.0, "warm start")  # noqa: E731
+    monkeypatch.setattr(pretrain_module.TextData, "warm_start", warm)
+    overrides = [
+        *TINY,
+        f"data.shards={tiny_shards}",
+        f"run.out_dir={tmp_path}",
+        "run.name=compiled",
+        "train.eval_every=0",
+    ]
+    result = api.pretrain("gpt-tiny", overrides, minutes=0.1, quiet=True)
+    assert 50 <= result.step <= int(3.0 / 0.05 * 0.95)  # twice the eager plan's 28, less the probes' own seconds
+    saved = (tmp_path / "compiled" / "config.yaml").read_text()
+    assert "compile: true" in saved and f"steps: {result.step}" in saved

@@ -5,6 +5,7 @@ one loop. What differs by modality lives in ``pretrain_data.py``; what differs b
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ from headstart.files import read_jsonl
 from headstart.models import backbone_of
 from headstart.objectives.registry import build_model, build_objective
 from headstart.train.checkpoint import Opened, open_checkpoint
+from headstart.train.device import pick_compile
 from headstart.train.distributed import launched
 from headstart.train.loop import Job, LoopResult, Outputs, Start, train_loop
 from headstart.train.run_dir import open_run
 from headstart.workflows.continued import carried_optimizer, forgetting, lineage_of, write_lineage
 from headstart.workflows.pretrain_data import open_data
+
+CALIBRATION_STEPS = 12  # a timed probe's steps: the first half warms up (and compiles), the second is timed
 
 
 def load_continued(model: nn.Module, trained: nn.Module) -> str:
@@ -67,9 +71,9 @@ def pretrain(
             if note:
                 console.print(note, highlight=False)
         if minutes:
-            steps = steps_within(config, minutes * 60 - prior[1], per_step)
-            config = replace(config, train=replace(config.train, steps=steps))
-            console.print(f"{steps:,} steps fit the {minutes:g} minutes here", highlight=False)
+            config = fit_minutes(config, minutes * 60 - prior[1], per_step, model, objective.name)
+            compiled = " compiled" if config.train.compile is True else ""
+            console.print(f"{config.train.steps:,}{compiled} steps fit the {minutes:g} minutes here", highlight=False)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")
         lineage = lineage_of(opened.folder) if opened is not None else []
@@ -91,7 +95,7 @@ def pretrain(
         return result
 
 
-def calibrate(config: PretrainConfig, steps: int = 12) -> dict[str, Any]:
+def calibrate(config: PretrainConfig, steps: int = CALIBRATION_STEPS) -> dict[str, Any]:
     """The loop's own log record (``tokens_per_s``, ``mfu``) over the second half of a short run
     of ``config`` here, the first half being warm-up; its directory is removed afterwards. The
     skip-gram warm start and the final evaluation are not what is being timed."""
@@ -130,6 +134,25 @@ def seconds_per_step(config: PretrainConfig) -> float:
     train = config.train
     tokens_per_sample = 1 if config.data.images else train.seq_len  # an image counts as one
     return train.batch_size * train.grad_accum * tokens_per_sample / tokens_per_s
+
+
+def fit_minutes(
+    config: PretrainConfig, seconds: float, per_step: float, model: nn.Module, objective: str
+) -> PretrainConfig:
+    """``config`` with the steps that fit ``seconds``. Where the run will compile (``train.compile``
+    true, or auto and long enough), a compiled step is timed as well and the steps planned at its
+    speed, the time compiling takes (once for that probe, once for the run) counted in the budget:
+    planned at the eager speed, a compiled run would end minutes early. Such a run is then
+    compiled whatever its new step count, as it was planned."""
+    steps = steps_within(config, seconds, per_step)
+    if not pick_compile(config.train.compile, model, objective, steps, processes=1):
+        return replace(config, train=replace(config.train, steps=steps))
+    started = time.perf_counter()
+    compiled = replace(config, train=replace(config.train, compile=True))
+    compiled_step = seconds_per_step(compiled)
+    compiling = max(0.0, time.perf_counter() - started - CALIBRATION_STEPS * compiled_step)
+    steps = steps_within(config, seconds - compiling - (time.perf_counter() - started), compiled_step)
+    return replace(compiled, train=replace(compiled.train, steps=steps))
 
 
 def steps_within(config: PretrainConfig, seconds: float, per_step: float) -> int:

@@ -164,7 +164,7 @@ def test_what_distributed_training_refuses(monkeypatch, tiny_shards, tmp_path):
         distributed.start(TrainConfig(parallel="fsdp"), torch.device("cpu"))
     for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(name, value)
-    with pytest.raises(HeadstartError, match="split evenly over 2 ranks"):
+    with pytest.raises(HeadstartError, match="split evenly over 2 model copies"):
         distributed.start(TrainConfig(batch_size=5), torch.device("cpu"))
     with pytest.raises(HeadstartError, match="started 2 processes"):
         distributed.start(TrainConfig(parallel="none"), torch.device("cpu"))

@@ -23,7 +23,7 @@ from headstart.train.run_dir import RunLock
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.context=16", "train.seq_len=16",
         "train.batch_size=4", "train.precision=fp32", "train.eval_batches=1", "train.log_every=1",
         "embeddings.init=random", "schedule.warmup_steps=1"]  # fmt: skip
-TIMING = {"tokens_per_s", "mfu", "elapsed_s", "eta_s"}  # wall-clock fields: never equal between two runs
+TIMING = {"tokens_per_s", "mfu", "elapsed_s", "eta_s", "peak_memory_bytes"}  # measured per process: never equal
 
 
 def overrides(shards, out, name, *extra):

@@ -15,6 +15,7 @@ from headstart.config import ModelConfig, ObjectiveConfig, PretrainConfig, Train
 from headstart.data.shards import open_shards
 from headstart.data.tokenizers import tokenizer_info
 from headstart.errors import HeadstartError
+from headstart.layouts import choose
 from headstart.models.transformer import Transformer
 from headstart.objectives.clm import CausalLM
 from headstart.objectives.mlm import MaskedLM
@@ -144,6 +145,32 @@ def test_memory_matches_a_hand_computation():
     muon = replace(config, optim=replace(config.optim, name="muon"))
     hidden = 2 * (4 * 64 * 64 + 3 * 64 * 192)
     assert memory_needed(muon, params, torch.float32, CPU)["optimizer"] == 8 * params - 4 * hidden
+
+
+def test_layouts_divide_what_they_shard_and_the_first_that_fits_is_chosen(fixed_speed):
+    config = tiny_config("clm")
+    config = replace(config, model=replace(config.model, n_head=4))
+    params, per_token = count_params(config)[0], 2 * (48 * 64 + 16 * 192) + 12 * 64 + 4 * 512
+    plans = {p.layout.name: p for p in choose(config, 4, 1e12, per_token, 8.0 * params, torch.float32)}
+    assert list(plans) == ["DDP × 4", "FSDP2 × 4", "TP 2 × FSDP2 2", "TP 4"]  # least traffic first
+    ddp, fsdp, two_d, tp = plans.values()
+    assert ddp.memory["weights"] == 4 * params and ddp.memory["in_flight"] == 4 * params  # gradient buckets
+    assert ddp.memory["activations"] == 32 * per_token  # one row of 4 per copy
+    assert fsdp.memory["weights"] == tp.memory["weights"] == two_d.memory["weights"] == params
+    block, root = 4 * 64 * 64 + 3 * 64 * 192 + 2 * 64, 512 * 64 + 64
+    assert fsdp.memory["in_flight"] == 12 * block + 8 * root  # a block gathered, the next prefetched, the root
+    assert tp.memory["in_flight"] == 0
+    gathered = 2 * 2 * 64 * 4 * 128 * (1 - 1 / 4)  # two split-matrix inputs per block, kept whole
+    assert tp.memory["activations"] == pytest.approx(128 * per_token / 4 + gathered)
+    assert ddp.sent == 2 * 3 / 4 * 4 * params and fsdp.sent == 3 * 3 / 4 * 4 * params
+    just_fits = fsdp.memory["total"] / 0.9  # at most 90% of a device's memory is planned
+    assert [p.fits for p in choose(config, 4, just_fits, per_token, 8.0 * params, torch.float32)][:2] == [False, True]
+    planned = plan(overrides=[*FAST, "model.n_head=4"], devices=4, device_memory="1GiB")
+    assert planned.device_memory == 2**30 and planned.layouts[0]["layout"] == "DDP × 4"
+    with pytest.raises(HeadstartError, match="give both"):
+        plan(overrides=FAST, devices=4)
+    with pytest.raises(HeadstartError, match="80GiB"):
+        plan(overrides=FAST, devices=4, device_memory="lots")
 
 
 def saved_bytes(config: PretrainConfig, dtype: torch.dtype) -> int:

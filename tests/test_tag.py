@@ -70,7 +70,7 @@ def test_tagged_input_errors(tmp_path):
 def test_ner_finetune_learns_entities(tiny_encoder, tmp_path):
     train, test = write_ner(tmp_path / "train.jsonl", 300, 0), write_ner(tmp_path / "test.jsonl", 80, 1)
     settings = [f"task.train={train}", f"task.eval={test}", f"init={tiny_encoder}", f"run.out_dir={tmp_path}",
-                "budget=200", "train.steps=80", "train.eval_every=20", "train.precision=fp32", "optim.lr=3e-3",
+                "budget=200", "train.steps=160", "train.eval_every=20", "train.precision=fp32", "optim.lr=3e-3",
                 "task.max_len=32"]  # fmt: skip
     result = api.finetune("conll2003", settings, quiet=True)
     assert result.metric == "f1"

@@ -227,15 +227,22 @@ def plan(
     out: str | Path | None = None,
     calibration_steps: int = 12,
     console: Console | None = None,
+    devices: int | None = None,
+    device_memory: str | None = None,
 ) -> Plan:
     """Plan a pretraining run: for a model size (``params``, e.g. "10M") or a budget (``flops``,
     or ``minutes`` of training here) the compute-optimal tokens or model, its FLOPs, its wall
-    time here (a short calibration) and its memory; ``out``: also write it (.json or .md)."""
+    time here (a short calibration) and its memory; with ``devices`` and ``device_memory``
+    ("80GiB") the memory per device of each layout and the one to use; ``out``: also write it
+    (.json or .md)."""
     from headstart.plan import check_out, write_plan
     from headstart.plan import plan as _plan
 
     target = check_out(Path(out)) if out is not None else None
-    result = _plan(recipe, overrides, params, flops, minutes, calibration_steps, console=console)
+    result = _plan(
+        recipe, overrides, params, flops, minutes, calibration_steps, console=console, devices=devices,
+        device_memory=device_memory,
+    )  # fmt: skip
     if target is not None:
         path = write_plan(result, target)
         if console is not None:

@@ -32,6 +32,7 @@ examples:
   headstart finetune fmnist init=runs/simclr-fashion_mnist budget=100
   headstart plan --params 10M                            # Chinchilla tokens, FLOPs, wall time here, memory
   headstart plan bert-tiny --hours 2 --out plan.md       # what two hours of training here buy
+  headstart plan --params 1.5B --devices 8 --device-memory 80GiB   # the layout that fits 8 GPUs
   headstart export runs/clm-corpus --to hf --out hf/clm-corpus   # transformers' AutoModelForCausalLM loads it
   headstart import-hf hf/clm-corpus --out runs/from-hf           # then pretrain / finetune init=runs/from-hf
 """
@@ -242,6 +243,8 @@ def _plan_arguments(verbs: Subparsers) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="train.precision")
     p.add_argument("--calibration-steps", type=int, default=12, help="training steps timed here (default 12)")
     p.add_argument("--out", help="also write the plan here (.json or .md)")
+    p.add_argument("--devices", type=int, help="devices to spread the run over: the memory per device of each layout")
+    p.add_argument("--device-memory", help="memory of one device, e.g. 80GiB (with --devices)")
     _add_overrides(p, PretrainConfig)
 
 
@@ -477,7 +480,10 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
         if value is not None:
             overrides.append(f"train.{key}={value}")
     minutes = args.hours * 60 if args.hours is not None else args.minutes
-    result = api.plan(recipe, overrides, args.params, args.flops, minutes, args.out, args.calibration_steps, console)
+    result = api.plan(
+        recipe, overrides, args.params, args.flops, minutes, args.out, args.calibration_steps, console,
+        devices=args.devices, device_memory=args.device_memory,
+    )  # fmt: skip
     Console().print(plan_table(result))
     return 0
 

@@ -187,8 +187,11 @@ class TrainConfig:
     log_every: int = 10  # steps per metrics line
     tensorboard: bool = True  # also write the metrics as TensorBoard event files, when tensorboard is installed
     threads: int = 0  # 0: torch's default
-    # several processes (torchrun): ddp replicates the model, fsdp shards it (FSDP2); auto: ddp under torchrun
-    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    # several processes (torchrun): ddp replicates the model, fsdp shards it (FSDP2), tp splits each
+    # transformer block's matrices over train.tp ranks; auto: ddp under torchrun
+    parallel: Literal["auto", "none", "ddp", "fsdp", "tp"] = "auto"
+    # ranks that split one model copy under parallel=tp (0: all); fewer than the ranks: 2-D, FSDP2 across copies
+    tp: int = 0
     # A step whose loss or gradient is NaN or inf is skipped (no update) and counted; this many in a row
     # stop the run with a message instead.
     max_bad_steps: int = 8
@@ -200,7 +203,8 @@ class TrainConfig:
         positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "max_bad_steps")
         return [
             *(problem for name in positive for problem in _at_least(f"train.{name}", getattr(self, name), 1)),
-            *(problem for name in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "threads")
+            *(problem for name in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "threads",
+                                   "tp")
               for problem in _at_least(f"train.{name}", getattr(self, name), 0)),
             *_at_least("train.max_minutes", self.max_minutes, 0),
             *_at_least("train.spike_factor", self.spike_factor, 0),

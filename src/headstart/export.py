@@ -12,7 +12,8 @@ The mapping is exact, not approximate, so only the shapes both sides share go th
   vocabulary projection and uses LayerNorm and GeGLU, none of which headstart's encoder has.
 * Both: pre-norm RMSNorm (eps 1e-6), SwiGLU, no biases, one key/value head per query head,
   head_dim = n_embd / n_head, default RoPE with the checkpoint's theta, tied or untied output.
-* Weights: ``qkv`` splits into q, k, v; the MLP's ``up`` into the gate (its first half) and up.
+* Weights: ``qkv`` splits into q, k, v (its rows run head by head); the MLP's ``up`` into the gate and
+  up (its rows alternate, unit by unit).
   headstart rotates channel pairs (2j, 2j+1), transformers' rotate-half pairs (j, j + d/2):
   each head's q and k rows are reordered to match, which leaves every attention score as it was
   (and so are QK-norm's gains, which act on the same channels).
@@ -132,8 +133,10 @@ def to_transformers(state: Weights, config: ModelConfig) -> Weights:
     }
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        q, k, v = state[ours + "attn.qkv.weight"].chunk(3)
-        gate, up = state[ours + "mlp.up.weight"].chunk(2)
+        qkv = state[ours + "attn.qkv.weight"]
+        q, k, v = qkv.view(config.n_head, 3, -1, qkv.size(-1)).unbind(1)  # head by head (WEIGHT_LAYOUT)
+        q, k, v = (t.reshape(-1, qkv.size(-1)) for t in (q, k, v))
+        gate, up = state[ours + "mlp.up.weight"].unflatten(0, (-1, 2)).unbind(1)  # unit by unit
         out |= {theirs + name: state[ours + key] for key, name in RENAMED.items()}
         out |= {
             theirs + "self_attn.q_proj.weight": _reorder_heads(q, config.n_head, order),
@@ -157,10 +160,11 @@ def from_transformers(state: Weights, config: ModelConfig) -> Weights:
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         q, k = (_reorder_heads(state[f"{theirs}self_attn.{x}_proj.weight"], config.n_head, inverse) for x in "qk")
         out |= {ours + key: state[theirs + name] for key, name in RENAMED.items()}
-        out[ours + "attn.qkv.weight"] = torch.cat([q, k, state[theirs + "self_attn.v_proj.weight"]])
-        out[ours + "mlp.up.weight"] = torch.cat(
-            [state[theirs + "mlp.gate_proj.weight"], state[theirs + "mlp.up_proj.weight"]]
-        )
+        heads = [t.view(config.n_head, -1, t.size(-1)) for t in (q, k, state[theirs + "self_attn.v_proj.weight"])]
+        out[ours + "attn.qkv.weight"] = torch.stack(heads, dim=1).flatten(0, 2)
+        out[ours + "mlp.up.weight"] = torch.stack(
+            [state[theirs + "mlp.gate_proj.weight"], state[theirs + "mlp.up_proj.weight"]], dim=1
+        ).flatten(0, 1)
         if config.qk_norm:
             out |= {f"{ours}attn.{x}_norm.weight": state[f"{theirs}self_attn.{x}_norm.weight"][inverse] for x in "qk"}
     return out

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from headstart.data.shards import ShardWriter
 from headstart.data.tokenizers import SPECIAL_TOKENS, UNK, load_tokenizer, token_dtype, tokenizer_info
 from headstart.errors import HeadstartError
 from headstart.files import write_markdown, write_text_atomic
+from headstart.layouts import choose
 from headstart.models import backbone_of
 from headstart.models.transformer import SIZES, float32_attention, mlp_hidden
 from headstart.objectives.registry import build_model
@@ -93,6 +95,9 @@ class Plan:
     optimal_params: float = 0.0  # for a budget: the compute-optimal non-embedding parameter count
     optimal_model: str = ""
     notes: list[str] = field(default_factory=list)
+    # with --devices and --device-memory: every layout's bytes per device and sent per step, cheapest first
+    layouts: list[dict[str, Any]] = field(default_factory=list)
+    device_memory: float = 0.0
 
 
 def parse_amount(text: str | float, flag: str) -> float:
@@ -106,6 +111,23 @@ def parse_amount(text: str | float, flag: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
         raise HeadstartError(f"{flag} {text}: expected a positive number such as 10M, 1.5B or 1e15")
+    return value
+
+
+BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str, flag: str) -> float:
+    """``80GiB`` → 85899345920.0; also ``80GB``, ``512MiB``, ``1.5TB`` or a plain number of bytes."""
+    number = text.strip().lower().rstrip("bkmgtie") or "x"
+    unit = text.strip().lower()[len(number) :]
+    try:
+        value = float(number) * BYTE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise HeadstartError(f"{flag} {text}: expected a size such as 80GiB, 24GB or 512MiB") from None
+    if not value > 0:
+        raise HeadstartError(f"{flag} {text}: expected a positive size")
     return value
 
 
@@ -178,13 +200,18 @@ def optimizer_bytes(config: PretrainConfig, params: int) -> float:
     return 8.0 * params - 4.0 * hidden
 
 
+def token_activation_bytes(config: PretrainConfig, dtype: torch.dtype, device: torch.device) -> float:
+    """Bytes one training token keeps for the backward, every pass the objective runs included."""
+    passes = transformer_passes(config)
+    return sum(times * activation_bytes(m, head, dtype, device, config.train.seq_len) for m, head, times in passes)
+
+
 def memory_needed(config: PretrainConfig, params: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
     """Bytes to train ``config``: the weights, kept in fp32 under autocast too, their fp32
     gradients, the optimizer's state, and what one micro-batch keeps for the backward (under
     bf16 with autocast's bf16 copy of the weights: 2 bytes a parameter)."""
     tokens = config.train.batch_size * config.train.seq_len
-    passes = transformer_passes(config)
-    per_token = sum(times * activation_bytes(m, head, dtype, device, config.train.seq_len) for m, head, times in passes)
+    per_token = token_activation_bytes(config, dtype, device)
     activations = tokens * per_token + (2 * params if dtype == torch.bfloat16 else 0)
     memory = {"weights": 4.0 * params, "gradients": 4.0 * params, "optimizer": optimizer_bytes(config, params),
               "activations": activations}  # fmt: skip
@@ -356,10 +383,16 @@ def plan(
     calibration_steps: int = 12,
     calibration_seconds: float = 60.0,
     console: Console | None = None,
+    devices: int | None = None,
+    device_memory: str | None = None,
 ) -> Plan:
     """Plan a pretraining run (see :func:`planned_model` for which model): the tokens the budget
     buys it, or without a budget Chinchilla's 20 per parameter; their FLOPs, the wall time here
-    from ``calibration_steps`` timed steps, and the memory."""
+    from ``calibration_steps`` timed steps, and the memory; with ``devices`` and
+    ``device_memory`` (e.g. "80GiB"), the memory per device of every layout (:mod:`headstart.layouts`)."""
+    if (devices is None) != (device_memory is None):
+        raise HeadstartError("--devices and --device-memory: give both, to plan the layout over several devices")
+    memory_per_device = parse_bytes(device_memory, "--device-memory") if device_memory is not None else 0.0
     request = Request.parse(params, flops, minutes)
     if calibration_steps < 2:
         raise HeadstartError(f"--calibration-steps {calibration_steps}: expected at least 2 (half of them warm up)")
@@ -373,8 +406,21 @@ def plan(
     config = resolve_config(config, tokenizer_info(tokenizer))
     device = pick_device(config.train.device)
     dtype = pick_precision(config.train.precision, device)
+    if devices is not None:  # refused before anything is timed
+        layouts = choose(config, devices, memory_per_device, 0.0, 0.0, dtype)
     timing = time_training(config, tokenizer, dtype, device, calibration_steps, calibration_seconds, console)
-    return assemble(config, request, timing, device, dtype, [recipe or DEFAULT_RECIPE, *overrides, *shape])
+    planned = assemble(config, request, timing, device, dtype, [recipe or DEFAULT_RECIPE, *overrides, *shape])
+    if devices is not None:
+        params = planned.params
+        per_token, optimizer = token_activation_bytes(config, dtype, device), optimizer_bytes(config, params)
+        layouts = choose(config, devices, memory_per_device, per_token, optimizer, dtype)
+        planned.layouts = [
+            {"layout": p.layout.name, "devices": p.layout.devices, "overrides": p.layout.overrides,
+             "memory": p.memory, "sent_per_step": p.sent, "fits": p.fits}
+            for p in layouts
+        ]  # fmt: skip
+        planned.device_memory = memory_per_device
+    return planned
 
 
 def assemble(
@@ -479,6 +525,25 @@ def plan_rows(plan: Plan) -> list[tuple[str, str]]:
         ),
         ("run it", " ".join(["headstart pretrain", plan.recipe, *plan.overrides])),
     ]
+    for entry in plan.layouts:
+        memory = entry["memory"]
+        rows.append((
+            f"per device, {entry['layout']}",
+            f"{_bytes(memory['total'])} of {_bytes(plan.device_memory)}{'' if entry['fits'] else ' (does not fit)'}: "
+            f"weights {_bytes(memory['weights'])}, gradients {_bytes(memory['gradients'])}, optimizer "
+            f"{_bytes(memory['optimizer'])}, in flight {_bytes(memory['in_flight'])}, activations "
+            f"{_bytes(memory['activations'])}; sends {_bytes(entry['sent_per_step'])} a step",
+        ))  # fmt: skip
+    if plan.layouts:
+        fitting = [entry for entry in plan.layouts if entry["fits"]]
+        if fitting:
+            best = fitting[0]
+            launch = f"torchrun --nproc_per_node={best['devices']} -m " if best["devices"] > 1 else ""
+            command = " ".join([f"{launch}headstart pretrain", plan.recipe, *plan.overrides, *best["overrides"]])
+            rows.append(("layout", f"{best['layout']}, the least traffic that fits: {command}"))
+        else:
+            advice = "more devices, a smaller train.batch_size (with grad_accum), or a smaller model"
+            rows.append(("layout", f"none fits: {advice}"))
     return rows
 
 

@@ -6,16 +6,26 @@ MLP → residual. Token embeddings are tied to the output projection. Weights st
 N(0, init_std) with the residual output projections scaled by 1/sqrt(2·n_layer) so the
 residual stream's variance does not grow with depth. ``qk_norm`` RMS-normalises each head's
 queries and keys first (as OLMo 2 and the GPT-2 speedruns do), which bounds the attention logits.
+
+The fused projections keep what one attention head or one MLP unit needs together: ``qkv``'s
+output rows run head by head (each head's query, key and value), and SwiGLU's ``up`` interleaves
+each unit's gate and input. Splitting their rows into equal contiguous parts, as tensor
+parallelism does, then hands every rank whole heads and whole units (``WEIGHT_LAYOUT``).
+Initial weights are a function of one number drawn from the global generator when the model is
+built and of each parameter's name, whatever device or shard holds them, so a model built on the
+meta device and initialised shard by shard starts from the weights one process would.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, Replicate
 
 from headstart.config import ModelConfig
 from headstart.errors import HeadstartError
@@ -31,6 +41,10 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "gpt2-small": (12, 12, 768),  # 85M, 124M with GPT-2's 50,257-token embedding
 }
 RMS_NORM_EPS = 1e-6  # what an exported model's config must repeat (headstart.export)
+# How checkpoints store the fused projections (the module docstring): qkv rows head by head, SwiGLU
+# rows unit by unit. Checkpoints without it in their metadata hold the earlier layout, (q | k | v)
+# and (gate | up), which headstart.train.checkpoint converts on load.
+WEIGHT_LAYOUT = "2"
 
 
 def resolve(config: ModelConfig) -> ModelConfig:
@@ -134,19 +148,20 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        head_dim = config.n_embd // config.n_head
+        self.head_dim = head_dim = config.n_embd // config.n_head
         self.q_norm = Norm(head_dim, "rmsnorm") if config.qk_norm else None
         self.k_norm = Norm(head_dim, "rmsnorm") if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, width // self.n_head).unbind(2)
+        qkv = self.qkv(x)  # (B, T, heads · 3 · head_dim): every head here, or a tensor-parallel rank's
+        batch, length = qkv.shape[:2]
+        q, k, v = qkv.view(batch, length, -1, 3, self.head_dim).unbind(3)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.causal and mask is None)
-        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        return self.proj(y.transpose(1, 2).reshape(batch, length, -1))
 
 
 class MLP(nn.Module):
@@ -159,7 +174,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            gate, up = self.up(x).chunk(2, dim=-1)
+            gate, up = self.up(x).unflatten(-1, (-1, 2)).unbind(-1)
             return self.proj(F.silu(gate) * up)
         return self.proj(F.gelu(self.up(x), approximate="tanh"))
 
@@ -178,15 +193,45 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-def init_weights(module: nn.Module, std: float, n_layer: int) -> None:
-    """Norm gains at one, matrices N(0, std), residual output projections scaled by 1/sqrt(2·n_layer)."""
-    for name, param in module.named_parameters():
-        if param.dim() < 2:
-            nn.init.ones_(param)
-        elif name.endswith("proj.weight"):
-            nn.init.normal_(param, 0.0, std / math.sqrt(2 * n_layer))
-        else:
-            nn.init.normal_(param, 0.0, std)
+def init_weights(module: nn.Module, std: float, n_layer: int, seed: int | None = None) -> None:
+    """Norm gains at one, matrices N(0, std), residual output projections scaled by 1/sqrt(2·n_layer).
+
+    With ``seed``, each matrix is drawn on the CPU from a generator of the seed and its name, and
+    a sharded parameter keeps its own part of that draw: the same weights on any device and under
+    any layout. Without, from the global generator in parameter order."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.is_meta:
+                continue
+            if param.dim() < 2:
+                param.fill_(1.0)
+                continue
+            scale = std / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else std
+            generator = None if seed is None else torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
+            assign(param, torch.empty(param.shape).normal_(0.0, scale, generator=generator))
+
+
+def assign(param: torch.Tensor, whole: torch.Tensor) -> None:
+    """Copy ``whole`` (the full tensor, on the CPU) into ``param``, or into this rank's shard of it."""
+    if isinstance(param, DTensor):
+        mesh, placements = param.device_mesh, param.placements
+        replicated = DTensor.from_local(whole.to(param.device, param.dtype), mesh, [Replicate()] * mesh.ndim)
+        param.to_local().copy_(replicated.redistribute(mesh, placements).to_local())
+    else:
+        param.copy_(whole)
+
+
+def adopt_weight_layout(model: nn.Module) -> None:
+    """Reorder, in place, weights loaded from a checkpoint of the earlier layout ((q | k | v) and
+    (gate | up) rows) into ``WEIGHT_LAYOUT``'s (head by head, unit by unit)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Attention):
+                weight = module.qkv.weight
+                weight.copy_(weight.view(3, -1, module.head_dim, weight.size(-1)).transpose(0, 1).reshape(weight.shape))
+            elif isinstance(module, MLP) and module.gated:
+                weight = module.up.weight
+                weight.copy_(weight.view(2, -1, weight.size(-1)).transpose(0, 1).reshape(weight.shape))
 
 
 def run_blocks(
@@ -207,17 +252,24 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config = resolve(config)
+        # drawn first, before any layer's constructor draws (none do on the meta device)
+        self.init_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = Norm(config.n_embd, config.norm)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        rotation = rotary_table(config.n_embd // config.n_head, config.context, config.rope_theta)
-        self.register_buffer("rotation", rotation, persistent=False)
+        self.register_buffer("rotation", torch.empty(config.context, config.n_embd // config.n_head // 2, 2),
+                             persistent=False)  # fmt: skip
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_weights(self, self.config.init_std, self.config.n_layer)
+        """The rotary table and the initial weights; called again on a model built on the meta
+        device, once its shards have memory."""
+        config = self.config
+        if not self.rotation.is_meta:
+            self.rotation.copy_(rotary_table(config.n_embd // config.n_head, config.context, config.rope_theta))
+        init_weights(self, config.init_std, config.n_layer, seed=self.init_seed)
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is True on real tokens."""
@@ -243,7 +295,10 @@ class Transformer(nn.Module):
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.output_weight)
+        weight = self.output_weight
+        if isinstance(weight, DTensor):  # the vocabulary split over tensor-parallel ranks: so are the logits
+            hidden = DTensor.from_local(hidden, weight.device_mesh, [Replicate()], run_check=False)
+        return F.linear(hidden, weight)
 
     def num_params(self, embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

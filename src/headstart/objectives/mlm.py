@@ -16,6 +16,7 @@ from torch import nn
 
 from headstart.errors import HeadstartError
 from headstart.objectives.base import Objective
+from headstart.train.tensor_parallel import vocab_argmax
 
 
 class MaskedLM(Objective):
@@ -70,7 +71,7 @@ class MaskedLM(Objective):
             zero = hidden.sum() * 0.0
             return zero, {"masked_accuracy": zero.detach()}
         loss = F.cross_entropy(logits, target)
-        accuracy = (logits.argmax(-1) == target).float().mean()
+        accuracy = (vocab_argmax(logits) == target).float().mean()
         return loss, {"masked_accuracy": accuracy.detach()}
 
     def terms(self, batch: dict[str, torch.Tensor]) -> int:

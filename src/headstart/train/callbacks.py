@@ -20,6 +20,7 @@ from torch import nn
 
 from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
+from headstart.train.device import peak_memory
 from headstart.train.distributed import Parallel
 from headstart.train.log import MetricsFile, ProgressDisplay
 from headstart.train.state import TrainState
@@ -28,7 +29,7 @@ from headstart.train.state import TrainState
 @dataclass
 class StepLog:
     """The training window between two log lines: loss, extra metrics and tokens, averaged over
-    the ranks and written as one record (step, loss, lr, grad norm, tokens/s, MFU, ETA)."""
+    the ranks and written as one record (step, loss, lr, grad norm, tokens/s, MFU, ETA, peak memory)."""
 
     parallel: Parallel
     metrics: MetricsFile | None  # rank 0 writes
@@ -68,6 +69,7 @@ class StepLog:
             "tokens": state.tokens_seen,
             "elapsed_s": state.elapsed_s,
             "eta_s": (self.total_steps - state.step) * (now - self.start) / max(1, state.step - self.start_step),
+            "peak_memory_bytes": peak_memory(state.device),  # rank 0's
             **{k: self.parallel.mean(torch.stack(v).float().mean()).item() for k, v in self.extra.items()},
             **({"skipped_steps": skipped} if skipped else {}),
         }

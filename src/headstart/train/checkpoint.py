@@ -41,11 +41,13 @@ from headstart.data.tokenizers import load_tokenizer
 from headstart.errors import HeadstartError
 from headstart.files import named
 from headstart.models import backbone_of
+from headstart.models.transformer import WEIGHT_LAYOUT, adopt_weight_layout
 from headstart.objectives.registry import build_model
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 TMP_PREFIX = ".tmp_step_"  # a checkpoint being written: .tmp_step_XXXXXXXX_PID
 REQUIRED = ("config.yaml", "model.safetensors", "manifest.json")
+LAYOUT = {"weight_layout": WEIGHT_LAYOUT}  # in model.safetensors' metadata (models.transformer)
 
 
 def _sha256(path: Path) -> str:
@@ -77,7 +79,7 @@ def write_checkpoint(
     try:
         with disk_errors_named(tmp / "model.safetensors"):
             if weights is None:
-                save_model(model, str(tmp / "model.safetensors"))  # stores tied (shared) weights once
+                save_model(model, str(tmp / "model.safetensors"), metadata=LAYOUT)  # tied weights once
             else:
                 save_gathered(weights, model, tmp / "model.safetensors")
         buffer = io.BytesIO()  # serialised in memory, so a full disk is an OSError naming the file
@@ -174,13 +176,13 @@ def save_gathered(weights: dict[str, torch.Tensor], model: nn.Module, path: Path
     names: dict[int, list[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         names.setdefault(id(tensor), []).append(name)
-    metadata = {}
+    metadata = dict(LAYOUT)
     for group in names.values():
         kept, *tied = sorted(group)
         for name in tied:
             metadata[name] = kept
             weights.pop(name, None)
-    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(path), metadata=metadata or None)
+    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(path), metadata=metadata)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -254,7 +256,15 @@ def load_weights(path: Path, model: nn.Module, strict: bool = True) -> None:
         raise HeadstartError(
             f"checkpoint {file}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    if earlier_layout(path):
+        adopt_weight_layout(model)
     refuse_non_finite(model.state_dict(), f"checkpoint {file}")
+
+
+def earlier_layout(path: Path) -> bool:
+    """Whether checkpoint ``path`` stores its fused projections in the earlier weight layout."""
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        return (handle.metadata() or {}).get("weight_layout") != WEIGHT_LAYOUT
 
 
 def load_state(path: Path) -> dict[str, Any]:

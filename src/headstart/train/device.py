@@ -4,6 +4,8 @@ machine, not assumed."""
 from __future__ import annotations
 
 import functools
+import resource
+import sys
 
 import torch
 from torch import nn
@@ -63,3 +65,13 @@ def inductor_builds(device_type: str) -> bool:
         return bool(kernel(torch.ones(8, device=device_type)).eq(3).all())
     except Exception:  # any failure to build means: run eagerly
         return False
+
+
+def peak_memory(device: torch.device) -> int:
+    """The most memory this process has held so far, in bytes: on a GPU the tensors torch
+    allocated there; on a CPU the process's peak resident set (the interpreter, libraries and
+    data included, so a run's own share is this less a tiny run's)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB

@@ -100,7 +100,8 @@ class ProgressDisplay:
         loss = f"{record['loss']:.4f}" if record["loss"] is not None else "— (steps skipped)"
         stats = (
             f"loss {loss}  {record['tokens_per_s']:,.0f} {self.unit}/s  "
-            f"MFU {100 * record['mfu']:.1f}%  ETA {format_duration(record['eta_s'])}"
+            f"MFU {100 * record['mfu']:.1f}%  peak {record['peak_memory_bytes'] / 2**30:.2f} GiB  "
+            f"ETA {format_duration(record['eta_s'])}"
         )
         if self.progress is not None:
             self.progress.update(self.task, completed=record["step"], stats=stats)

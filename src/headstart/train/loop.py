@@ -177,11 +177,12 @@ def initial_state(job: Job, start: Start, parallel: Parallel) -> tuple[TrainStat
     from ``start.resume`` (weights, optimizer, counters, RNG) or fresh; and the resumed
     checkpoint's saved state (empty when fresh), which the callbacks restore theirs from."""
     model, train = job.model, job.settings.train
-    model.to(parallel.device)
+    if not any(p.is_meta for p in model.parameters()):  # built on the meta device: its shards get memory
+        model.to(parallel.device)
+    compiled = pick_compile(train.compile, model, job.objective.name, train.steps, parallel.world)
+    wrapped = parallel.wrap(model, job.objective.name, train.seq_len, compiled)
     if start.resume is not None:
         parallel.load_weights(start.resume, model)
-    compiled = pick_compile(train.compile, model, job.objective.name, train.steps, parallel.world)
-    wrapped = parallel.wrap(torch.compile(model) if compiled else model)
     optimizer = build_optimizer(model, job.settings.optim, parallel.device, job.lr_scale)
     state = TrainState(model, optimizer, parallel.device, flops=start.prior_flops, elapsed_before=start.prior_seconds)
     saved: dict[str, Any] = {}
@@ -267,7 +268,7 @@ def train_step(
         full = objective.make_batch(raw, step_generator(train.seed, state.step, micro))  # the global batch
         rows = parallel.rows(full)
         batch, weight = to_device(rows, parallel.device), parallel.weight(objective, full, rows)
-        with parallel.accumulating(wrapped, sync=micro == train.grad_accum - 1):
+        with parallel.accumulating(wrapped, sync=micro == train.grad_accum - 1), parallel.split_loss():
             if objective.chunk > 0:  # GradCache: the objective back-propagates itself
                 with autocast:
                     loss, extra = wrapped(objective.backward_loss, batch, 1.0 / train.grad_accum)

@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = {
     ("train", "eval_every"),
     ("train", "log_every"),
     ("train", "parallel"),  # a checkpoint resumes on any number of processes
+    ("train", "tp"),  # and on any layout
     ("train", "max_bad_steps"),
     ("train", "tensorboard"),
 }

@@ -78,7 +78,7 @@ def prepare_cell(config: FinetuneConfig, console: Console, quiet: bool) -> Finet
 
 def finetune(config: FinetuneConfig, console: Console | None = None, quiet: bool = False) -> FinetuneResult:
     """Fine-tune one cell with its ``readout``; writes ``result.json`` and returns the result."""
-    if launched() or config.train.parallel in ("ddp", "fsdp"):  # its best weights are kept whole, in memory
+    if launched() or config.train.parallel in ("ddp", "fsdp", "tp"):  # its best weights are kept whole, in memory
         raise HeadstartError("train.parallel: fine-tuning runs in one process; start it without torchrun")
     if not config.task.train or not (config.task.eval or config.task.kind == "image"):
         raise HeadstartError("task.train and task.eval: expected labelled data (JSONL records, or images)")

@@ -4,12 +4,14 @@ one loop. What differs by modality lives in ``pretrain_data.py``; what differs b
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -20,7 +22,7 @@ from headstart.models import backbone_of
 from headstart.objectives.registry import build_model, build_objective
 from headstart.train.checkpoint import Opened, open_checkpoint
 from headstart.train.device import pick_compile
-from headstart.train.distributed import launched
+from headstart.train.distributed import builds_on_meta, launched
 from headstart.train.loop import Job, LoopResult, Outputs, Start, train_loop
 from headstart.train.run_dir import open_run
 from headstart.workflows.continued import carried_optimizer, forgetting, lineage_of, write_lineage
@@ -61,7 +63,11 @@ def pretrain(
         config = data.adopt(config, opened)
     config = data.resolve(config)
     with open_run(config, resume, console) as (run_dir, resume_from):
-        model, objective = build_model(config), build_objective(config, data.tokenizer)
+        warm = opened is not None or (resume_from is None and config.embeddings.init == "skipgram")
+        on_meta = builds_on_meta(config.train, config.model, config.objective.name, warm)
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            model = build_model(config)
+        objective = build_objective(config, data.tokenizer)
         console.print(data.describe(config, model), highlight=False)
         prior = (0.0, 0.0)
         if opened is not None:

@@ -2,10 +2,12 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from headstart.config import ModelConfig
 from headstart.errors import HeadstartError
 from headstart.models.transformer import CPU_FLOAT32_ATTENTION_MAX, SIZES, Transformer, attend, mlp_hidden
+from headstart.train.checkpoint import load_weights
 from headstart.train.flops import matmul_params, measure_peak_flops, train_flops_per_token
 
 
@@ -129,3 +131,22 @@ def test_qk_norm_gives_every_head_unit_rms_queries_and_keys():
     assert attention.q_norm.weight.grad is not None
     plain = Transformer(tiny())
     assert model.num_params() - plain.num_params() == 2 * 2 * 16  # two gains of head_dim per block
+
+
+def test_a_checkpoint_in_the_earlier_weight_layout_loads_as_the_same_model(tmp_path):
+    """Rows stored (q | k | v) and (gate | up), with no layout in the metadata, are reordered on
+    load into head-by-head and unit-by-unit: the same function as before."""
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, context=16, qk_norm=True))
+    earlier = {}
+    for name, weight in model.state_dict().items():
+        if name.endswith("attn.qkv.weight"):
+            weight = weight.view(2, 3, 8, 16).transpose(0, 1).reshape(weight.shape)
+        elif name.endswith("mlp.up.weight"):
+            weight = weight.view(-1, 2, 16).transpose(0, 1).reshape(weight.shape)
+        earlier[name] = weight.contiguous()
+    save_file(earlier, str(tmp_path / "model.safetensors"))
+    loaded = Transformer(model.config)
+    load_weights(tmp_path, loaded)
+    ids = torch.randint(0, 50, (2, 16))
+    assert torch.equal(loaded(ids), model(ids))
+    assert not torch.equal(loaded.blocks[0].attn.qkv.weight, earlier["blocks.0.attn.qkv.weight"])

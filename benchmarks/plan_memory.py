@@ -1,13 +1,17 @@
 """Does `headstart plan --devices` predict the memory each device holds? For three transformer
 shapes on WikiText-2, run a few steps under one process, DDP, FSDP2 and TP over 2 CPU processes
 (gloo), read the peak resident set rank 0 logged at its last training step, subtract the same
-layout's peak for a one-layer 64-wide model (the interpreter, torch, gloo and the data), and set
-the rest against the plan's memory per device for that layout (goal: within 20%).
+layout's peak for a one-layer 64-wide model on two 16-token windows (the interpreter, torch, gloo
+and the data), and set the rest against the plan's memory per device for that layout, less the
+plan's for that small run (goal: within 20%).
 
     python benchmarks/plan_memory.py [--shards DIR] [--smoke]
 
-fp32 and AdamW, so what is counted is the plan's model and not autocast's caching. The last line
-printed is one JSON object with every figure.
+fp32 and AdamW, so what is counted is the plan's model and not autocast's caching. The runs set
+glibc's mmap threshold to 64 KiB (MALLOC_MMAP_THRESHOLD_): by default glibc raises it after each
+large free and serves later large blocks from its heap, which keeps freed memory resident, so
+the peak resident set would count memory the run had already let go. The last line printed is
+one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -32,15 +36,17 @@ from headstart.layouts import Layout, plan_layout
 from headstart.plan import count_params, optimizer_bytes, token_activation_bytes
 from headstart.workflows.pretrain_data import resolve_config
 
-COMMON = ["train.steps=3", "train.eval_every=0", "train.log_every=1", "train.precision=fp32", "optim.name=adamw",
-          "embeddings.init=random", "train.batch_size=8", "train.seq_len=256", "train.compile=false"]  # fmt: skip
+COMMON = ["train.steps=3", "train.eval_every=0", "train.eval_batches=1", "train.log_every=1",
+          "train.precision=fp32", "optim.name=adamw", "embeddings.init=random", "train.batch_size=8",
+          "train.seq_len=256", "train.compile=false"]  # fmt: skip
 SHAPES = {
     "4 × 256": ["model.n_layer=4", "model.n_head=4", "model.n_embd=256"],
     "6 × 512": ["model.n_layer=6", "model.n_head=8", "model.n_embd=512"],
     "8 × 768": ["model.n_layer=8", "model.n_head=12", "model.n_embd=768"],
 }
 SMOKE_SHAPES = {"2 × 64": ["model.n_layer=2", "model.n_head=2", "model.n_embd=64"]}
-FLOOR = ["model.n_layer=1", "model.n_head=2", "model.n_embd=64"]  # what every run holds besides the model
+# what every run holds besides the model and its batch
+FLOOR = ["model.n_layer=1", "model.n_head=2", "model.n_embd=64", "train.batch_size=2", "train.seq_len=16"]
 LAYOUTS = {"one process": Layout(1, 1, False), "DDP × 2": Layout(1, 2, False), "FSDP2 × 2": Layout(1, 2, True),
            "TP 2": Layout(2, 1, False)}  # fmt: skip
 
@@ -51,7 +57,7 @@ def peak(out: Path, name: str, layout: Layout, shards: Path, shape: list[str]) -
     launch = ["-m", "torch.distributed.run", f"--nproc_per_node={layout.devices}", "--standalone"]
     command = [sys.executable, *(launch if layout.devices > 1 else []), "-m", "headstart", "pretrain", "gpt-tiny",
                *args, "--quiet"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}  # see the docstring
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{name}: {done.stderr[-2000:]}")
@@ -72,6 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     shards = args.shards or wikitext_bpe8k()
     info = tokenizer_info(load_tokenizer(shards / "tokenizer.json"))
+    floor_config = resolve_config(load_config(PretrainConfig, "gpt-tiny", [*COMMON, *FLOOR]), info)
     out = CACHE / "plan_memory"
     shutil.rmtree(out, ignore_errors=True)
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
@@ -82,7 +89,7 @@ def main() -> None:
             run = peak(out, f"{shape_name.replace(' × ', 'x')}-{layout.devices}-{layout.tp}-{layout.sharded}",
                        layout, shards, shape)  # fmt: skip
             config = resolve_config(load_config(PretrainConfig, "gpt-tiny", [*COMMON, *shape]), info)
-            predicted = planned(config, layout)
+            predicted = planned(config, layout) - planned(floor_config, layout)
             measured = run - floor
             rows.append({"shape": shape_name, "layout": layout_name, "params": count_params(config)[0],
                          "planned": predicted, "measured": measured, "ratio": predicted / measured})  # fmt: skip

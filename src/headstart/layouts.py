@@ -6,8 +6,10 @@ optimizer step, and the smallest layout that fits a device memory. ``headstart p
 Per device, for P parameters sharded ``s`` ways (FSDP2: the copies; TP: its ranks; 2-D: both):
 
 - weights and gradients 4·P/s each (fp32), the optimizer's state (``plan.optimizer_bytes``) / s;
-- in flight: DDP's gradient buckets (4·P); under FSDP2 the block being computed gathered whole,
-  with the next one prefetched (2 × 4 bytes a block parameter) and its gradients before they are
+- in flight: at the loss, the logits, their log-softmax and its gradient side by side (12 bytes a
+  vocabulary entry of each scored token, of which the log-softmax's 4 are counted as activations);
+  DDP's gradient buckets (4·P); under FSDP2 the block being computed gathered whole, with the next
+  one prefetched (2 × 4 bytes a block parameter) and its gradients before they are
   reduce-scattered (4), and the root's own parameters (embedding, final norm) gathered for the
   whole step, with their gradients; all of it divided by the TP ranks;
 - activations: ``plan.activation_bytes`` for the micro-batch rows a copy trains on, divided by the
@@ -31,8 +33,10 @@ from headstart.config import PretrainConfig
 from headstart.errors import HeadstartError
 from headstart.models.transformer import mlp_hidden
 from headstart.objectives.registry import build_model
+from headstart.workflows.pretrain_data import transformer_passes
 
 HEADROOM = 0.9  # a layout fits when its total is at most this share of the device's memory
+LOGIT_TRANSIENT_BYTES = 8  # per vocabulary entry scored: the logits and a gradient, beside the kept log-softmax
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,12 @@ def plan_layout(
     train, width, layers = config.train, config.model.n_embd, config.model.n_layer
     tokens = train.batch_size // copies * train.seq_len  # a micro-batch's, on one copy
     element = 2 if dtype == torch.bfloat16 else 4
-    in_flight = 0.0
+    scored = sum(times * head for _, head, times in transformer_passes(config))  # vocabularies scored a token
+    in_flight = LOGIT_TRANSIENT_BYTES * scored * config.model.vocab_size * tokens / tp
     if copies > 1 and not layout.sharded:
-        in_flight = 4.0 * params  # DDP's gradient buckets
+        in_flight += 4.0 * params  # DDP's gradient buckets
     elif copies > 1:
-        in_flight = (12.0 * block + 8.0 * root) / tp
+        in_flight += (12.0 * block + 8.0 * root) / tp
     gathered = 2 * layers * width * element * tokens * (1 - 1 / tp)  # the split matrices' whole inputs
     activations = per_token_activations * tokens / tp + gathered
     if dtype == torch.bfloat16:

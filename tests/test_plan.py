@@ -154,12 +154,13 @@ def test_layouts_divide_what_they_shard_and_the_first_that_fits_is_chosen(fixed_
     plans = {p.layout.name: p for p in choose(config, 4, 1e12, per_token, 8.0 * params, torch.float32)}
     assert list(plans) == ["DDP × 4", "FSDP2 × 4", "TP 2 × FSDP2 2", "TP 4"]  # least traffic first
     ddp, fsdp, two_d, tp = plans.values()
-    assert ddp.memory["weights"] == 4 * params and ddp.memory["in_flight"] == 4 * params  # gradient buckets
+    logits = 8 * 512 * 32  # at the loss: logits and a gradient beside the kept log-softmax, for 32 tokens a copy
+    assert ddp.memory["weights"] == 4 * params and ddp.memory["in_flight"] == 4 * params + logits  # + buckets
     assert ddp.memory["activations"] == 32 * per_token  # one row of 4 per copy
     assert fsdp.memory["weights"] == tp.memory["weights"] == two_d.memory["weights"] == params
     block, root = 4 * 64 * 64 + 3 * 64 * 192 + 2 * 64, 512 * 64 + 64
-    assert fsdp.memory["in_flight"] == 12 * block + 8 * root  # a block gathered, the next prefetched, the root
-    assert tp.memory["in_flight"] == 0
+    assert fsdp.memory["in_flight"] == logits + 12 * block + 8 * root  # a block gathered, the next, the root
+    assert tp.memory["in_flight"] == 8 * 512 * 128 / 4  # all 128 tokens, a quarter of the vocabulary each
     gathered = 2 * 2 * 64 * 4 * 128 * (1 - 1 / 4)  # two split-matrix inputs per block, kept whole
     assert tp.memory["activations"] == pytest.approx(128 * per_token / 4 + gathered)
     assert ddp.sent == 2 * 3 / 4 * 4 * params and fsdp.sent == 3 * 3 / 4 * 4 * params

@@ -5,6 +5,7 @@ import math
 import random
 
 import pytest
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from headstart import api
@@ -63,10 +64,10 @@ def test_identical_corpora_match(tmp_path, tiny_decoder):
     assert result.forecast is not None and result.forecast.verdict != "continue"
     bag = measure_mismatch(corpus, corpus)  # no checkpoint: the distances on bags of n-grams
     assert bag.mmd == pytest.approx(0.0, abs=1e-6) and bag.perplexity is None
-    assert bag.forecast is not None and bag.forecast.clamped_to is not None  # overlap 1: past every measured pair
+    assert bag.forecast is not None and bag.forecast.clamped_to is None  # overlap 1: the measured control's
 
 
-def test_disjoint_corpora_call_for_continued_pretraining(tmp_path, tiny_encoder):
+def test_disjoint_corpora_and_what_the_forecast_says_of_them(tmp_path, tiny_encoder):
     source = str(make_corpus(tmp_path / "s.txt", documents=120))
     target = write_lines(tmp_path / "t.txt", OTHER_WORDS * 60, per_line=10)
     result = measure_mismatch(source, target, tiny_encoder)
@@ -74,10 +75,15 @@ def test_disjoint_corpora_call_for_continued_pretraining(tmp_path, tiny_encoder)
     assert result.perplexity is not None and all(math.isfinite(p) for p in result.perplexity)
     assert result.perplexity_kind.startswith("masked-LM")
     assert measure_mismatch(source, target, tiny_encoder).perplexity == result.perplexity  # masking is seeded
-    assert result.forecast is not None and result.forecast.verdict == "continue"
+    assert result.forecast is not None and result.forecast.clamped_to == 0.347  # the least overlap measured
 
     out = tmp_path / "reports" / "mismatch.md"
-    api.mismatch(source, target, out=out)
+    steep = tmp_path / "steep.yaml"  # pairs where adapting paid the more, the less the corpora overlapped
+    steep.write_text(yaml.safe_dump([
+        {"name": f"p{x}", "adaptation": "DAPT", "task": "F1", "budget": 500, "overlap": x, "gain": 10 - 20 * x,
+         "standard_error": 0.2, "seeds": 5} for x in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    ]))  # fmt: skip
+    api.mismatch(source, target, out=out, pairs=steep)
     report = out.read_text()
     assert "Continue pretraining on the target domain" in report and "vocabulary overlap 0.00" in report
     assert "## What the forecast rests on" in report and "NCBI-disease" in report

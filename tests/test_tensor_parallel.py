@@ -59,7 +59,8 @@ def test_a_model_larger_than_the_memory_cap_starts_split_and_not_whole(mode, tmp
 
 @pytest.fixture(scope="module")
 def runs(tiny_shards, tmp_path_factory) -> Path:
-    """20 steps of the same global batch: one process, TP 2, 2-D (2 × 2) and FSDP2 on 4 ranks."""
+    """20 steps of the same global batch: one process, TP 2, 2-D (2 × 2) and FSDP2 on 4 ranks; one
+    process and TP 2 from skip-gram embeddings."""
     root = tmp_path_factory.mktemp("tensor_parallel")
     seed_peak(root / "cache", threads=1)
     with pytest.MonkeyPatch.context() as patch:
@@ -69,6 +70,9 @@ def runs(tiny_shards, tmp_path_factory) -> Path:
         pretrain(root, 2, overrides(tiny_shards, "tp", "train.parallel=tp"))
         pretrain(root, 4, overrides(tiny_shards, "2d", "train.parallel=tp", "train.tp=2"))
         pretrain(root, 4, overrides(tiny_shards, "fsdp4", "train.parallel=fsdp"))
+        skipgram = ["embeddings.init=skipgram", "embeddings.epochs=1"]
+        api.pretrain("gpt-tiny", overrides(tiny_shards, "single-skipgram", *skipgram), quiet=True)
+        pretrain(root, 2, overrides(tiny_shards, "tp-skipgram", *skipgram, "train.parallel=tp"))
     return root
 
 
@@ -85,6 +89,12 @@ def test_twenty_steps_follow_one_process(runs, layout):
     single = load_pretrained(runs / "runs" / "single" / "checkpoints" / "step_00000020")[0]
     for (name, a), (_, b) in zip(single.named_parameters(), whole.named_parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_a_skipgram_warm_start_reaches_the_shards_of_a_model_built_on_the_meta_device(runs):
+    assert_close_losses(losses(runs / "runs" / "single-skipgram"), losses(runs / "runs" / "tp-skipgram"))
+    assert losses(runs / "runs" / "single-skipgram")[0] != losses(runs / "runs" / "single")[0]  # it did start elsewhere
 
 
 @pytest.mark.slow

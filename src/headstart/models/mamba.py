@@ -346,6 +346,11 @@ class Mamba(nn.Module):
             nn.init.ones_(block.norm.weight)
             block.mixer.reset_parameters(std, self.config.n_layer)
 
+    def start_embedding(self, rows: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Start the token embedding's ``rows`` (a boolean mask) from ``vectors`` (a warm start)."""
+        with torch.no_grad():
+            self.embed.weight[rows] = vectors.to(self.embed.weight.dtype)
+
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is accepted and not needed: in a
         right-padded batch the padding comes after every real token, which a causal model never reads."""

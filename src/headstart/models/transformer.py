@@ -207,8 +207,14 @@ def init_weights(module: nn.Module, std: float, n_layer: int, seed: int | None =
                 param.fill_(1.0)
                 continue
             scale = std / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else std
-            generator = None if seed is None else torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
-            assign(param, torch.empty(param.shape).normal_(0.0, scale, generator=generator))
+            assign(param, initial_draw(param.shape, scale, seed, name))
+
+
+def initial_draw(shape: torch.Size, std: float, seed: int | None, name: str) -> torch.Tensor:
+    """N(0, std) of ``shape`` on the CPU: from a generator of ``seed`` and ``name``, or without a
+    seed from the global one."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
 
 
 def assign(param: torch.Tensor, whole: torch.Tensor) -> None:
@@ -261,6 +267,7 @@ class Transformer(nn.Module):
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.register_buffer("rotation", torch.empty(config.context, config.n_embd // config.n_head // 2, 2),
                              persistent=False)  # fmt: skip
+        self.embedding_start: torch.Tensor | None = None  # a warm start's embedding, for a meta-device build
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -270,6 +277,22 @@ class Transformer(nn.Module):
         if not self.rotation.is_meta:
             self.rotation.copy_(rotary_table(config.n_embd // config.n_head, config.context, config.rope_theta))
         init_weights(self, config.init_std, config.n_layer, seed=self.init_seed)
+        if self.embedding_start is not None and not self.embed.weight.is_meta:
+            with torch.no_grad():
+                assign(self.embed.weight, self.embedding_start)
+            self.embedding_start = None
+
+    def start_embedding(self, rows: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Start the token embedding's ``rows`` (a boolean mask) from ``vectors`` (a warm start),
+        the others from their random draw; on the meta device, once its shards have memory."""
+        config = self.config
+        start = initial_draw(self.embed.weight.shape, config.init_std, self.init_seed, "embed.weight")
+        start[rows] = vectors.to(start.dtype)
+        if self.embed.weight.is_meta:
+            self.embedding_start = start
+        else:
+            with torch.no_grad():
+                assign(self.embed.weight, start)
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, T, n_embd). ``padding_mask`` (B, T) is True on real tokens."""

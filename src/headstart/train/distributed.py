@@ -10,9 +10,10 @@ FSDP2 across the copies: a 2-D mesh, (copies, tp). gloo on CPU, NCCL on GPUs (on
 
 FSDP2 and tensor parallelism start from the meta device: the transformer is built without
 memory, laid out, and only this rank's shards are allocated and initialised, with the weights a
-one process run of the same seed starts from (``models.transformer.init_weights``). A model that
-does not fit on one device therefore starts. A warm start (``init=``, skip-gram embeddings) and
-the other model kinds are built whole on every rank first, then sharded.
+one process run of the same seed starts from (``models.transformer.init_weights``; skip-gram
+embeddings included). A model that does not fit on one device therefore starts. A continued
+checkpoint (``init=``, itself read whole) and the other model kinds are built whole on every rank
+first, then sharded.
 
 What keeps a run independent of the number of ranks:
 
@@ -305,11 +306,11 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def builds_on_meta(train: TrainConfig, model: ModelConfig, objective: str, warm_start: bool) -> bool:
+def builds_on_meta(train: TrainConfig, model: ModelConfig, objective: str, continued: bool) -> bool:
     """Whether a run builds its model on the meta device (see the module docstring): a plain
-    transformer, sharded or split under torchrun, starting from the seed alone."""
+    transformer, sharded or split under torchrun, not continuing a checkpoint (``init=``)."""
     transformer = model.kind == "transformer" and objective in tensor_parallel.OBJECTIVES
-    return launched() and train.parallel in ("fsdp", "tp") and transformer and not warm_start
+    return launched() and train.parallel in ("fsdp", "tp") and transformer and not continued
 
 
 def start(train: TrainConfig, device: torch.device) -> Parallel:

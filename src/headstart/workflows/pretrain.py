@@ -63,8 +63,7 @@ def pretrain(
         config = data.adopt(config, opened)
     config = data.resolve(config)
     with open_run(config, resume, console) as (run_dir, resume_from):
-        warm = opened is not None or (resume_from is None and config.embeddings.init == "skipgram")
-        on_meta = builds_on_meta(config.train, config.model, config.objective.name, warm)
+        on_meta = builds_on_meta(config.train, config.model, config.objective.name, continued=opened is not None)
         with torch.device("meta") if on_meta else contextlib.nullcontext():
             model = build_model(config)
         objective = build_objective(config, data.tokenizer)

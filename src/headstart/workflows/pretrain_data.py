@@ -129,8 +129,7 @@ def skipgram_embeddings(
     )
     seen = torch.from_numpy(counts > 0)
     vectors = trained.vectors[seen]
-    with torch.no_grad():
-        backbone.embed.weight[seen] = vectors * (backbone.config.init_std / vectors.std())
+    backbone.start_embedding(seen, vectors * (backbone.config.init_std / vectors.std()))
     return trained
 
 

@@ -23,9 +23,9 @@ What keeps a run independent of the number of ranks:
   samples r·B/W .. (r+1)·B/W of each micro-batch (the ranks of one tensor-parallel group are one
   copy and read the same rows). Preparing the whole batch costs W× the data work, small beside
   the model's.
-- loss: each rank's mean loss is weighted by W × its share of the terms the global loss
-  averages (``objective.terms``; by default a fixed number per sample, as in causal LM, MAE
-  and ELECTRA's detection), so the gradient averaged over the ranks is the one-process
+- loss: each rank's mean loss is weighted by W (the copies) × its copy's share of the terms the
+  global loss averages (``objective.terms``; by default a fixed number per sample, as in causal
+  LM, MAE and ELECTRA's detection), so the gradient averaged over the copies is the one-process
   gradient. Masked LM counts its selected positions and is exact too.
 - metrics: losses are averaged over the ranks; tokens and FLOPs count the global batch.
 - checkpoints: the model and optimizer as ``torch.distributed.checkpoint`` shards (``dcp/``)

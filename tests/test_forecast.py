@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from headstart.config import CostConfig, StudyConfig
-from headstart.transfer.forecast import PowerLaw, backtest, fit_power_law, forecast
+from headstart.transfer.forecast import LogLinear, PowerLaw, backtest, fit_power_law, forecast
 from headstart.transfer.report import RouteCost, break_even, write_report
 
 TRUTH = PowerLaw(asymptote=0.9, scale=1.2, exponent=0.5)
@@ -52,6 +52,23 @@ def test_backtest_predicts_the_largest_budget_from_the_others():
     assert result is not None and result.budget == 2000
     assert result.inside and abs(result.error) < 0.02
     assert backtest({100: [0.5], 200: [0.6], 400: [0.7]}) is None  # two budgets would be left: no fit
+
+
+def test_an_unsaturated_curve_keeps_the_log_linear_limit_inside_its_interval():
+    """Points rising by the same step per ×4 labels (no saturation yet, as scratch on CoNLL-2003):
+    the power law's asymptote sits at the metric's top and bends the curve; the interval at the
+    next budget still covers the straight line in log-labels, which it misses when the bound bends
+    every resample alike."""
+    rng = np.random.default_rng(0)
+    line = LogLinear(intercept=-0.45, slope=0.095, ceiling=1.0)  # 0.17 at 100 labels, +0.13 per ×4
+    points = {b: [line(b) + float(rng.normal(0, 0.01)) for _ in range(3)] for b in (100, 400, 1600)}
+    result = forecast(points)
+    assert result.curve.asymptote == pytest.approx(1.0)  # at the bound: unsaturated
+    _, low, high = result.value_at(6400)
+    assert low <= line(6400) <= high
+    assert any(isinstance(fit, LogLinear) for fit in result.fits)
+    saturated = forecast(noisy_points(0, 0.01))
+    assert saturated.curve.asymptote < 1.0 and not any(isinstance(fit, LogLinear) for fit in saturated.fits)
 
 
 def test_too_few_budgets_are_refused():
